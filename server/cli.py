@@ -1,0 +1,45 @@
+"""The ``scribbleflow`` command line: one parser, sub-commands registered by their modules.
+
+Each command module exposes ``register(subparsers)`` which adds its parser and sets
+``func`` (called with the parsed arguments, returns an exit code). Command modules keep
+heavy imports (torch, SimpleITK) inside their functions so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (top-level command, module that registers it)
+_COMMAND_MODULES: tuple[str, ...] = (
+    "server.commands",  # serve, token
+    "learner.commands",  # train, bench offline
+    "registration.commands",  # bench propagate
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scribbleflow", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    bench = subparsers.add_parser("bench", help="benchmarks that write JSON results")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    for module_name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # component not installed in this build
+        module.register(subparsers, bench_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
