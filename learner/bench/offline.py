@@ -1,0 +1,103 @@
+"""The offline benchmark: train one method under a budget on --train, select the best model
+on --val, score it on --val and --test, write one JSON document.
+
+JSON fields: method, minutes, max_iterations, iterations, iterations_per_second, batch, size,
+lr, optimizer, channels, seed, num_classes, train_seconds, validation_seconds, wall_seconds,
+best_iteration, val_history, effort (simulated scribbles, else null), checkpoint, data
+directories, device, threads, load_average (start, end: 1-minute load of the machine),
+val and test: {mean_dice, mean_hd95, cases, per_class: {"1": {dice, hd95}, ...}}.
+NaN (an undefined HD95) is written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_json_safe(data), f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def run_training(settings, train_dir: str, val_dir: str, test_dir: str | None, threads: int | None = None) -> dict:
+    """Load the directories, train, evaluate the best model on val (and test); the report dict."""
+    import torch
+
+    from learner.data import load_cases
+    from learner.device import select_device
+    from learner.train import evaluate, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    train_cases, val_cases = load_cases(train_dir), load_cases(val_dir)
+    test_cases = load_cases(test_dir) if test_dir else None
+    result, model = train(settings, train_cases, val_cases)
+    device = select_device(settings.device)
+    report = {
+        "method": result.method,
+        "minutes": settings.minutes,
+        "max_iterations": settings.max_iterations,
+        "iterations": result.iterations,
+        "iterations_per_second": result.iterations_per_second,
+        "batch": result.batch,
+        "size": result.size,
+        "lr": result.lr,
+        "optimizer": result.optimizer,
+        "channels": list(result.channels),
+        "seed": settings.seed,
+        "num_classes": result.num_classes,
+        "train_seconds": result.train_seconds,
+        "validation_seconds": result.validation_seconds,
+        "best_iteration": result.best_iteration,
+        "val_history": result.val_history,
+        "final_losses": result.final_losses,
+        "effort": result.effort,
+        "checkpoint": result.checkpoint,
+        "data": {"train": str(train_dir), "val": str(val_dir), "test": None if test_dir is None else str(test_dir)},
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "val": evaluate(model, val_cases, size=result.size, num_classes=result.num_classes, device=device),
+    }
+    if test_cases is not None:
+        report["test"] = evaluate(model, test_cases, size=result.size, num_classes=result.num_classes, device=device)
+    report["wall_seconds"] = time.perf_counter() - started
+    report["load_average"] = {"start": load_start, "end": os.getloadavg()[0]}
+    return report
+
+
+def run_offline_benchmark(args) -> dict:
+    """``scribbleflow bench offline``: train, score val and test, write ``args.out``."""
+    from learner.commands import settings_from_args
+
+    settings = settings_from_args(args)
+    settings.checkpoint = args.checkpoint or str(Path(args.out).with_suffix(".pt"))
+    report = run_training(settings, args.train, args.val, args.test, threads=args.threads)
+    write_json_atomic(report, args.out)
+    return report

@@ -1,0 +1,100 @@
+"""``scribbleflow train`` and ``scribbleflow bench offline`` (argument parsing only; the work
+is in learner/train.py and learner/bench/offline.py). Heavy imports stay inside functions."""
+
+from __future__ import annotations
+
+import argparse
+
+METHOD_CHOICES = ("pce", "pce_crf", "attention", "distill", "full")  # offline methods (objective.METHODS minus online)
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    try:
+        channels = tuple(int(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if len(channels) < 2 or min(channels) < 1:
+        raise argparse.ArgumentTypeError("need at least two positive channel counts")
+    return channels
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``bench offline``; defaults live in TrainSettings."""
+    parser.add_argument("--train", required=True, help="training directory (*.h5 or images/ + labels/)")
+    parser.add_argument("--val", required=True, help="validation directory: best-checkpoint selection only")
+    parser.add_argument("--method", required=True, choices=METHOD_CHOICES)
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="training-time budget in minutes (validation excluded); default 10 without --max-iterations")
+    parser.add_argument("--max-iterations", type=int, default=None, help="iteration cap (with or without --minutes)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="training slice size (multiple of 16); default: from the data (median extent, at most 256)")
+    parser.add_argument("--batch", type=int, default=None, help="slices per iteration")
+    parser.add_argument("--channels", type=_channels, default=None,
+                        help="UNet channels per level, e.g. 16,32,64,128,256 (the default)")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
+    parser.add_argument("--lr", type=float, default=None, help="base learning rate (poly schedule)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-every", type=int, default=None,
+                        help="validate every N iterations (default: about 8 times per run)")
+    parser.add_argument("--num-classes", type=int, default=None, help="default: max label + 1 in the data")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def settings_from_args(args: argparse.Namespace):
+    """TrainSettings from the shared options; options left out keep TrainSettings' defaults."""
+    from learner.train import TrainSettings
+
+    given = {
+        "minutes": args.minutes,
+        "max_iterations": args.max_iterations,
+        "size": args.size,
+        "batch_size": args.batch,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "val_every": args.val_every,
+        "num_classes": args.num_classes,
+        "device": args.device,
+        "channels": args.channels,
+    }
+    settings = TrainSettings(method=args.method, seed=args.seed, progress_bar=not args.no_progress,
+                             **{k: v for k, v in given.items() if v is not None})
+    if args.minutes is None and args.max_iterations is not None:
+        settings.minutes = None  # an iteration cap alone: no time budget
+    return settings
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from learner.bench.offline import run_training
+
+    settings = settings_from_args(args)
+    settings.checkpoint = args.out
+    report = run_training(settings, args.train, args.val, test_dir=None, threads=args.threads)
+    print(f"best validation mean Dice {report['val']['mean_dice']:.4f} at iteration "
+          f"{report['best_iteration']} of {report['iterations']}; checkpoint {args.out}")
+    return 0
+
+
+def _run_bench_offline(args: argparse.Namespace) -> int:
+    from learner.bench.offline import run_offline_benchmark
+
+    report = run_offline_benchmark(args)
+    print(f"{report['method']}: test mean Dice {report['test']['mean_dice']:.4f}, "
+          f"val {report['val']['mean_dice']:.4f}, {report['iterations']} iterations -> {args.out}")
+    return 0
+
+
+def register(subparsers, bench_subparsers) -> None:
+    train = subparsers.add_parser("train", help="train a segmentation model offline from scribbles or labels")
+    add_training_arguments(train)
+    train.add_argument("--out", required=True, help="checkpoint path (best on validation)")
+    train.set_defaults(func=_run_train)
+
+    bench = bench_subparsers.add_parser(
+        "offline", help="train one method under a budget, then score val and test (3D Dice, HD95) to JSON")
+    add_training_arguments(bench)
+    bench.add_argument("--test", required=True, help="test directory (never used for model selection)")
+    bench.add_argument("--out", required=True, help="result JSON path")
+    bench.add_argument("--checkpoint", default=None, help="checkpoint path (default: the JSON path with .pt)")
+    bench.set_defaults(func=_run_bench_offline)

@@ -1,0 +1,115 @@
+"""3D overlap and surface metrics per class, computed with MONAI.
+
+Inputs are integer label volumes (z, y, x) of equal shape with values 0 .. num_classes - 1;
+class 0 (background) is never scored. Conventions where a class is absent:
+    Dice: both empty -> 1.0; one empty -> 0.0.
+    HD95: both empty -> 0.0; one empty -> NaN (undefined; averages skip it, JSON writes null).
+HD95 is the 95th percentile of the symmetric surface distances, in millimetres when
+``spacing_zyx`` is given and in voxels otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+def _one_hot(labels_zyx: np.ndarray, num_classes: int) -> torch.Tensor:
+    """(1, C, z, y, x) float one-hot of an integer (z, y, x) volume."""
+    labels = torch.as_tensor(np.asarray(labels_zyx, dtype=np.int64))
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels outside 0..{num_classes - 1}")
+    return torch.nn.functional.one_hot(labels, num_classes).permute(3, 0, 1, 2)[None].float()
+
+
+def _check(pred_zyx: np.ndarray, truth_zyx: np.ndarray, num_classes: int) -> None:
+    if np.shape(pred_zyx) != np.shape(truth_zyx):
+        raise ValueError(f"shape mismatch: prediction {np.shape(pred_zyx)} vs truth {np.shape(truth_zyx)}")
+    if num_classes < 2:
+        raise ValueError("num_classes must be at least 2 (background + one structure)")
+
+
+def dice_per_class(pred_zyx: np.ndarray, truth_zyx: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Dice 2|P∩T| / (|P| + |T|) of each class 1 .. num_classes - 1 over the whole volume."""
+    from monai.metrics import compute_dice
+
+    _check(pred_zyx, truth_zyx, num_classes)
+    scores = compute_dice(
+        _one_hot(pred_zyx, num_classes),
+        _one_hot(truth_zyx, num_classes),
+        include_background=False,
+        ignore_empty=False,
+    )[0]
+    return {cls: float(scores[cls - 1]) for cls in range(1, num_classes)}
+
+
+def hd95_per_class(
+    pred_zyx: np.ndarray,
+    truth_zyx: np.ndarray,
+    num_classes: int,
+    spacing_zyx: Sequence[float] | None = None,
+) -> dict[int, float]:
+    """95th-percentile Hausdorff distance of each class 1 .. num_classes - 1 (see module doc)."""
+    from monai.metrics import compute_hausdorff_distance
+
+    _check(pred_zyx, truth_zyx, num_classes)
+    pred, truth = np.asarray(pred_zyx), np.asarray(truth_zyx)
+    spacing = None if spacing_zyx is None else [float(s) for s in spacing_zyx]
+    result: dict[int, float] = {}
+    for cls in range(1, num_classes):
+        p, t = pred == cls, truth == cls
+        if not p.any() and not t.any():
+            result[cls] = 0.0
+        elif not p.any() or not t.any():
+            result[cls] = math.nan
+        else:
+            pair = (torch.from_numpy(np.stack([~p, p]))[None].float(), torch.from_numpy(np.stack([~t, t]))[None].float())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # MONAI warns on its own internals
+                value = compute_hausdorff_distance(*pair, include_background=False, percentile=95, spacing=spacing)
+            result[cls] = float(value[0, 0])
+    return result
+
+
+def case_metrics(
+    pred_zyx: np.ndarray,
+    truth_zyx: np.ndarray,
+    num_classes: int,
+    spacing_zyx: Sequence[float] | None = None,
+) -> dict[int, dict[str, float]]:
+    """{class: {"dice": .., "hd95": ..}} for one volume."""
+    dice = dice_per_class(pred_zyx, truth_zyx, num_classes)
+    hd95 = hd95_per_class(pred_zyx, truth_zyx, num_classes, spacing_zyx)
+    return {cls: {"dice": dice[cls], "hd95": hd95[cls]} for cls in dice}
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def summarize(per_case: Sequence[Mapping[int, Mapping[str, float]]]) -> dict:
+    """Mean over cases: {"mean_dice", "mean_hd95", "cases", "per_class": {"1": {dice, hd95}}}.
+
+    Class keys become strings (JSON object keys); NaN HD95 values are skipped in the means.
+    """
+    if not per_case:
+        raise ValueError("no cases to summarise")
+    classes = sorted(per_case[0])
+    per_class = {
+        str(cls): {
+            "dice": _nanmean([case[cls]["dice"] for case in per_case]),
+            "hd95": _nanmean([case[cls]["hd95"] for case in per_case]),
+        }
+        for cls in classes
+    }
+    return {
+        "mean_dice": _nanmean([v["dice"] for v in per_class.values()]),
+        "mean_hd95": _nanmean([v["hd95"] for v in per_class.values()]),
+        "cases": len(per_case),
+        "per_class": per_class,
+    }

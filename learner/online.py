@@ -1,0 +1,445 @@
+"""One online update: fine-tune a model on one image's proxy mask, with label smoothing,
+hard user labels, residual-weighted slice sampling and replay of earlier images.
+
+The method (see SPEC.md, "dynamic interactive learning on streaming tasks"):
+
+* **Target fusion / label smoothing.** ``target = (1 − w)·P_prev + w·Y_proxy`` where
+  ``P_prev`` is the prediction of the *reference* model (the version frozen when work on
+  this image started), ``Y_proxy`` the registration proxy (probabilities, or one-hot of
+  its labels) and ``w`` either the proxy's confidence map (``confidence_mode="map"``) or
+  the schedule ``σ(4(n/N − 0.5))`` over the number ``n`` of images seen so far
+  (``confidence_mode="schedule"``, N = ``schedule_images``).
+* **User-drawn voxels are hard labels**: target one-hot, ``w = 1``, and the objective's
+  partial cross-entropy sees them as scribbles. An accepted (final) label is hard
+  everywhere.
+* **Residual.** ``R = ½·Σ_c |target_c − P_prev,c|`` in [0, 1] (how far the update moves the
+  prediction). It weights the loss, ``(1 + α·R)/(1 + α)`` with α =
+  ``residual_loss_weight``, and, with the foreground fraction, the choice of slices.
+* **Replay.** Each batch mixes ``replay_per_batch`` slices of earlier images (from a
+  ``ReplayBuffer``) with slices of this image; afterwards this image's most useful
+  slices join the buffer.
+* **Loss and steps.** The ``online`` objective of ``learner.objective`` (weighted soft-target
+  cross-entropy + partial cross-entropy on user voxels + ``crf_weight``·masked CRF), one
+  ``learner.train.training_step`` (AdamW) per step, a fixed number of steps (default
+  ``DEFAULT_ONLINE_STEPS``).
+
+The network is 2D: volumes are handled as stacks of z-slices, each normalised and
+resized exactly as ``learner.inference.predict_volume`` does (``learner.preprocess``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+
+from learner.preprocess import normalize_intensity, resize_images, resize_labels
+from learner.replay import REPLAY_POLICIES, ReplayBuffer, SoftSlices
+from registration.volume import UNLABELLED
+
+#: Optimiser steps per online job unless a job says otherwise (SPEC: ~150 per image).
+DEFAULT_ONLINE_STEPS = 150
+CONFIDENCE_MODES = ("map", "schedule")
+
+#: progress(step, total) after each optimiser step.
+ProgressCallback = Callable[[int, int], None]
+#: should_stop() -> True to abandon the update (checked before every step).
+StopCheck = Callable[[], bool]
+
+
+class UpdateCancelled(RuntimeError):
+    """Raised inside an update when ``should_stop`` asked it to end."""
+
+
+@dataclass
+class OnlineSettings:
+    """A project's learning settings for online updates (JSON-safe; see ``to_dict``)."""
+
+    size: int = 128  # slices resized to size x size for training, inference and the gate (multiple of 16)
+    batch_size: int = 4  # slices per optimiser step, replay included
+    replay_per_batch: int = 1  # of those, slices from earlier images when the buffer has any
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    confidence_mode: str = "map"  # "map": the proxy's confidence map; "schedule": σ(4(n/N − 0.5))
+    schedule_images: int = 20  # N of the schedule
+    residual_loss_weight: float = 1.0  # α in (1 + α·R)/(1 + α)
+    sampling_floor: float = 0.05  # slice sampling weight every slice gets before residual/foreground
+    augment: bool = True  # random intensity scale/shift of training slices
+    crf_weight: float | None = None  # weight of the objective's CRF term; None: the objective's default
+    replay_capacity: int = 3  # images kept in the replay buffer (0: no replay)
+    replay_policy: str = "fifo"  # "fifo" or "reservoir" (see learner.replay)
+    replay_slices_per_image: int = 8  # slices of each image stored for replay
+    promotion_tolerance: float = 0.02  # allowed drop of mean validation Dice at the promotion gate
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size < 16 or self.size % 16:
+            raise ValueError(f"size must be a positive multiple of 16, got {self.size}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.replay_per_batch < self.batch_size:
+            raise ValueError(
+                f"replay_per_batch must be in [0, batch_size) = [0, {self.batch_size}), got {self.replay_per_batch}"
+            )
+        if self.confidence_mode not in CONFIDENCE_MODES:
+            raise ValueError(f"confidence_mode must be one of {CONFIDENCE_MODES}, got {self.confidence_mode!r}")
+        if self.replay_policy not in REPLAY_POLICIES:
+            raise ValueError(f"replay_policy must be one of {REPLAY_POLICIES}, got {self.replay_policy!r}")
+        if self.schedule_images < 1:
+            raise ValueError(f"schedule_images must be at least 1, got {self.schedule_images}")
+        if self.crf_weight is not None and self.crf_weight < 0:
+            raise ValueError(f"crf_weight must not be negative, got {self.crf_weight}")
+        for name in ("learning_rate", "weight_decay", "residual_loss_weight",
+                     "sampling_floor", "promotion_tolerance", "replay_capacity", "replay_slices_per_image"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> OnlineSettings:
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown online learning settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------------------------
+# Targets (pure NumPy; any array shapes that broadcast as documented)
+# ---------------------------------------------------------------------------------------
+
+
+def schedule_weight(images_seen: int, schedule_images: int) -> float:
+    """``σ(4(n/N − 0.5))``: the proxy's weight after ``n`` images of an expected ``N``."""
+    return 1.0 / (1.0 + math.exp(-4.0 * (images_seen / schedule_images - 0.5)))
+
+
+def label_smoothing_target(previous: np.ndarray, proxy: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``(1 − w)·P_prev + w·Y_proxy``.
+
+    previous, proxy: (C, ...) class probabilities; weight: (...) in [0, 1], or a scalar.
+    Returns float32 (C, ...) probabilities.
+    """
+    w = np.clip(np.asarray(weight, dtype=np.float32), 0.0, 1.0)
+    return ((1.0 - w) * previous + w * proxy).astype(np.float32)
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """int (...) in [0, C) -> float32 (C, ...); values outside [0, C) give all-zero columns."""
+    labels = np.asarray(labels)
+    classes = np.arange(num_classes).reshape((num_classes,) + (1,) * labels.ndim)
+    return (labels[None] == classes).astype(np.float32)
+
+
+def apply_user_labels(
+    target: np.ndarray, weight: np.ndarray, user_labels: np.ndarray | None, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the user drew (``user_labels`` != UNLABELLED) the target is one-hot, weight 1.
+
+    target (C, ...), weight (...), user_labels int (...) with UNLABELLED where none.
+    Returns new (target, weight); inputs are not modified.
+    """
+    if user_labels is None:
+        return target, weight
+    drawn = user_labels != UNLABELLED
+    if not drawn.any():
+        return target, weight
+    if int(user_labels[drawn].max()) >= num_classes:
+        raise ValueError(f"user labels hold values >= num_classes ({num_classes}) besides UNLABELLED")
+    target = np.where(drawn[None], one_hot(np.where(drawn, user_labels, 0), num_classes), target)
+    weight = np.where(drawn, 1.0, weight)
+    return target.astype(np.float32), weight.astype(np.float32)
+
+
+def residual(target: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """``½·Σ_c |target_c − previous_c|``: (C, ...) x2 -> float32 (...) in [0, 1]."""
+    return (0.5 * np.abs(target - previous).sum(axis=0)).astype(np.float32)
+
+
+@dataclass
+class OnlineExample:
+    """What one image offers to an online update; every volume is (z, y, x) of one shape.
+
+    image: raw intensities, any numeric type.
+    proxy_probabilities: float (C, z, y, x) from registration, or None.
+    proxy_labels: int (z, y, x) in [0, C), used when there are no proxy probabilities.
+    confidence: float (z, y, x) in [0, 1], the proxy's confidence map (1 on annotated slices).
+    user_labels: int (z, y, x), the user's drawn labels, UNLABELLED where nothing was drawn.
+    accepted_label: int (z, y, x), the final label after accept: a hard target everywhere.
+    """
+
+    image: np.ndarray
+    num_classes: int
+    proxy_probabilities: np.ndarray | None = None
+    proxy_labels: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    user_labels: np.ndarray | None = None
+    accepted_label: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3:
+            raise ValueError(f"image must be a 3D (z, y, x) array, got shape {self.image.shape}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        shape = self.image.shape
+        for name in ("proxy_labels", "confidence", "user_labels", "accepted_label"):
+            array = getattr(self, name)
+            if array is not None and array.shape != shape:
+                raise ValueError(f"{name} shape {array.shape} does not match image {shape}")
+        if self.proxy_probabilities is not None and self.proxy_probabilities.shape != (self.num_classes, *shape):
+            raise ValueError(
+                f"proxy_probabilities shape {self.proxy_probabilities.shape} != (num_classes, *image shape) "
+                f"= {(self.num_classes, *shape)}"
+            )
+        for name in ("proxy_labels", "accepted_label"):
+            array = getattr(self, name)
+            if array is not None and (array.min() < 0 or array.max() >= self.num_classes):
+                raise ValueError(f"{name} values must lie in [0, {self.num_classes}), got [{array.min()}, {array.max()}]")
+
+
+def proxy_target(example: OnlineExample, settings: OnlineSettings, images_seen: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``Y_proxy`` (C, z, y, x) and its weight ``w`` (z, y, x), user voxels already hard.
+
+    Accepted label: hard everywhere (w = 1). Proxy: probabilities (or one-hot labels)
+    weighted by the confidence map (all ones when absent) or the schedule. Neither: only
+    the user's voxels carry a target (w = 0 elsewhere, so the target is P_prev).
+    """
+    shape = example.image.shape
+    c = example.num_classes
+    if example.accepted_label is not None:
+        return one_hot(example.accepted_label, c), np.ones(shape, np.float32)
+    if example.proxy_probabilities is not None or example.proxy_labels is not None:
+        if example.proxy_probabilities is not None:
+            y = np.clip(example.proxy_probabilities.astype(np.float32), 0.0, None)
+            y /= np.maximum(y.sum(axis=0, keepdims=True), 1e-8)
+        else:
+            y = one_hot(example.proxy_labels, c)
+        if settings.confidence_mode == "schedule":
+            w = np.full(shape, schedule_weight(images_seen, settings.schedule_images), np.float32)
+        elif example.confidence is not None:
+            w = np.clip(example.confidence.astype(np.float32), 0.0, 1.0)
+        else:
+            w = np.ones(shape, np.float32)
+    else:
+        y = np.full((c, *shape), 1.0 / c, np.float32)
+        w = np.zeros(shape, np.float32)
+    return apply_user_labels(y, w, example.user_labels, c)
+
+
+# ---------------------------------------------------------------------------------------
+# Training-size slices of one image
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedImage:
+    """One image at training size S (z-slices), ready for sampling.
+
+    images: float32 (Z, S, S) normalised; targets: float32 (Z, C, S, S) fused targets;
+    weights: float32 (Z, S, S) loss weights in [0, 1]; scribble: uint8 (Z, S, S) hard user
+    labels, UNLABELLED elsewhere; residual: float32 (Z, S, S) in [0, 1];
+    slice_probabilities: float64 (Z,) summing to 1, the chance of drawing each slice.
+    """
+
+    images: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray
+    scribble: np.ndarray
+    residual: np.ndarray
+    slice_probabilities: np.ndarray
+
+    def soft_slices(self, indices: np.ndarray) -> SoftSlices:
+        return SoftSlices(self.images[indices], self.targets[indices], self.weights[indices])
+
+
+def _resize_volume(array_czyx: np.ndarray, size: int) -> np.ndarray:
+    """float (C, z, y, x) -> float32 (z, C, S, S), bilinear per slice."""
+    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array_czyx, 0, 1), dtype=np.float32))
+    return resize_images(t, size, size).numpy()
+
+
+@torch.no_grad()
+def predict_slices(model: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 16) -> np.ndarray:
+    """Softmax probabilities float32 (Z, C, S, S) of normalised slices (Z, S, S)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for start in range(0, images.shape[0], batch_size):
+            x = torch.from_numpy(images[start : start + batch_size])[:, None].to(device)
+            out.append(torch.softmax(model(x).logits.float(), dim=1).cpu().numpy())
+        return np.concatenate(out)
+    finally:
+        model.train(was_training)
+
+
+def prepare_image(
+    example: OnlineExample,
+    reference_model: torch.nn.Module,
+    settings: OnlineSettings,
+    *,
+    images_seen: int = 0,
+    device: torch.device | None = None,
+) -> PreparedImage:
+    """Fused targets, weights and sampling probabilities of ``example`` at training size.
+
+    ``reference_model`` gives P_prev (it is only evaluated, never changed).
+    """
+    device = device or torch.device("cpu")
+    size = settings.size
+    c = example.num_classes
+    images = resize_images(torch.from_numpy(normalize_intensity(example.image))[:, None], size, size)[:, 0].numpy()
+    previous = predict_slices(reference_model, images, device)
+    if previous.shape[1] != c:
+        raise ValueError(f"the reference model predicts {previous.shape[1]} classes, the image has {c}")
+
+    y, w = proxy_target(example, settings, images_seen)
+    y_s = _resize_volume(y, size)
+    y_s /= np.maximum(y_s.sum(axis=1, keepdims=True), 1e-8)
+    w_s = np.clip(_resize_volume(w[None], size)[:, 0], 0.0, 1.0)
+    # target is (Z, C, S, S): move C to the front for the (C, ...) target functions and back.
+    target = np.moveaxis(label_smoothing_target(np.moveaxis(previous, 1, 0), np.moveaxis(y_s, 1, 0), w_s), 0, 1)
+
+    if example.user_labels is not None:
+        scribble = resize_labels(torch.from_numpy(example.user_labels.astype(np.uint8)), size, size).numpy()
+        hard_t, _ = apply_user_labels(np.moveaxis(target, 1, 0), w_s, scribble, c)
+        target = np.moveaxis(hard_t, 0, 1)
+    else:
+        scribble = np.full(images.shape, UNLABELLED, np.uint8)
+
+    r = residual(np.moveaxis(target, 1, 0), np.moveaxis(previous, 1, 0))
+    alpha = settings.residual_loss_weight
+    weights = ((1.0 + alpha * r) / (1.0 + alpha)).astype(np.float32)
+
+    foreground = 1.0 - target[:, 0]
+    score = settings.sampling_floor + r.mean(axis=(1, 2)) + foreground.mean(axis=(1, 2))
+    score = np.maximum(score.astype(np.float64), 1e-12)
+    return PreparedImage(
+        images=np.ascontiguousarray(images, np.float32),
+        targets=np.ascontiguousarray(target, np.float32),
+        weights=weights,
+        scribble=scribble,
+        residual=r,
+        slice_probabilities=score / score.sum(),
+    )
+
+
+def replay_slices(prepared: PreparedImage, count: int, seed: int = 0) -> SoftSlices:
+    """Up to ``count`` distinct slices, drawn by ``slice_probabilities``, to store for replay."""
+    n = prepared.images.shape[0]
+    count = min(count, int(np.count_nonzero(prepared.slice_probabilities)), n)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(n, size=count, replace=False, p=prepared.slice_probabilities))
+    return prepared.soft_slices(chosen)
+
+
+# ---------------------------------------------------------------------------------------
+# The update
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class UpdateResult:
+    losses: list[float]  # total loss per step
+    steps: int
+    seconds: float
+    replay_slices_used: int
+
+
+def _make_batch(
+    prepared: PreparedImage,
+    replay: SoftSlices | None,
+    current: np.ndarray,
+    rng: np.random.Generator,
+    settings: OnlineSettings,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    images = [prepared.images[current]]
+    targets = [prepared.targets[current]]
+    weights = [prepared.weights[current]]
+    scribbles = [prepared.scribble[current]]
+    if replay is not None:
+        images.append(replay.images)
+        targets.append(replay.targets)
+        weights.append(replay.weights)
+        scribbles.append(np.full(replay.images.shape, UNLABELLED, np.uint8))
+    image = np.concatenate(images)
+    if settings.augment:
+        scale = rng.uniform(0.9, 1.1, size=(image.shape[0], 1, 1))
+        shift = rng.uniform(-0.05, 0.05, size=(image.shape[0], 1, 1))
+        image = (image * scale + shift).astype(np.float32)
+    return {
+        "image": torch.from_numpy(image)[:, None].to(device),
+        "target": torch.from_numpy(np.concatenate(targets)).to(device),
+        "weight": torch.from_numpy(np.concatenate(weights)).to(device),
+        "scribble": torch.from_numpy(np.concatenate(scribbles).astype(np.int64)).to(device),
+    }
+
+
+def train_online(
+    model: torch.nn.Module,
+    prepared: PreparedImage,
+    settings: OnlineSettings,
+    *,
+    steps: int = DEFAULT_ONLINE_STEPS,
+    num_classes: int,
+    replay: ReplayBuffer | None = None,
+    image_id: str | None = None,
+    device: torch.device | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> UpdateResult:
+    """``steps`` optimiser steps on ``model`` (changed in place, left in eval mode).
+
+    Each batch: ``batch_size − replay_per_batch`` slices of ``prepared`` drawn by their
+    sampling probabilities plus ``replay_per_batch`` slices of other images from
+    ``replay`` (all from ``prepared`` while the buffer holds no other image).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    from learner.objective import ObjectiveWeights, build_objective
+    from learner.train import training_step
+
+    device = device or torch.device("cpu")
+    model.to(device)
+    weights = None
+    if settings.crf_weight is not None:
+        weights = ObjectiveWeights(crf=settings.crf_weight)
+    objective = build_objective("online", num_classes, weights).to(device)
+    objective.bind(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    rng = np.random.default_rng([settings.seed, steps, prepared.images.shape[0]])
+    exclude = [image_id] if image_id is not None else []
+    z = prepared.images.shape[0]
+    losses: list[float] = []
+    replay_used = 0
+    started = time.perf_counter()
+    try:
+        for step in range(steps):
+            if should_stop is not None and should_stop():
+                raise UpdateCancelled(f"stopped after {step} of {steps} steps")
+            replayed = None
+            if replay is not None and settings.replay_per_batch > 0:
+                replayed = replay.sample(settings.replay_per_batch, rng, exclude=exclude)
+                if replayed is not None and replayed.images.shape[1:] != prepared.images.shape[1:]:
+                    from learner.replay import resize_soft_slices
+
+                    replayed = resize_soft_slices(replayed, prepared.images.shape[1:])
+            n_current = settings.batch_size - (len(replayed) if replayed is not None else 0)
+            current = rng.choice(z, size=n_current, replace=True, p=prepared.slice_probabilities)
+            batch = _make_batch(prepared, replayed, current, rng, settings, device)
+            objective.progress = step / steps
+            losses.append(training_step(model, objective, batch, optimizer)["total"])
+            replay_used += len(replayed) if replayed is not None else 0
+            if progress is not None:
+                progress(step + 1, steps)
+    finally:
+        model.eval()
+    return UpdateResult(losses, steps, time.perf_counter() - started, replay_used)

@@ -1,0 +1,510 @@
+"""Model versions of one project: checkpoints, a manifest, and the promotion gate.
+
+Layout under ``root``::
+
+    manifest.json          every version's record (written temp file + rename)
+    versions/v000000.pt    one checkpoint per version (``learner.checkpoints``, atomic)
+    .lock                  file lock serialising manifest updates across processes
+
+Versions are numbered 0, 1, 2, ... in creation order. Each record holds its parent
+version, creation time, source (``init`` / ``imported`` / ``online`` with the job's
+identifiers), metrics (validation Dice, training loss, seconds, steps), a status and the
+reason for it:
+
+    serving     the version predictions use (exactly one once any exists)
+    retired     served earlier, replaced by a newer promoted version
+    candidate   trained, not yet through the promotion gate
+    rejected    failed the gate: kept and listed, never served
+
+The promotion gate (:meth:`ModelRegistry.promote_or_reject`): on the project's
+validation images (accepted labels held out from training) the candidate's mean Dice
+(over images, of the mean over classes 1..C-1) must be at least the serving version's
+minus ``tolerance``. With no validation images yet there is nothing to measure against,
+and the candidate is promoted: early in a stream learning must not stall waiting for
+validation data; the decision's reason says so.
+
+Checkpoint files never change once written, so models are cached by version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VERSION_STATUSES = ("serving", "retired", "candidate", "rejected")
+_MANIFEST = "manifest.json"
+_MANIFEST_FORMAT = 1
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot do what was asked (no such version, already initialised, ...)."""
+
+
+class CheckpointMismatch(ValueError):
+    """An imported checkpoint does not fit the project (classes or input channels)."""
+
+
+@dataclass
+class VersionRecord:
+    version: int
+    parent: int | None
+    created_at: str  # ISO 8601, UTC
+    source: dict  # {"kind": "init" | "imported" | "online", ...}
+    status: str
+    reason: str
+    checkpoint: str  # file name under versions/
+    network: dict  # NetworkConfig.to_dict()
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ValidationCase:
+    """A held-out image with its accepted label: image (z, y, x) any numeric type, label int (z, y, x)."""
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+
+
+@dataclass
+class GateDecision:
+    candidate: int
+    serving: int | None  # the version the candidate was compared with
+    promoted: bool
+    reason: str
+    candidate_dice: float | None
+    serving_dice: float | None
+    tolerance: float
+    validation_cases: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def validation_key(cases: Sequence[ValidationCase], size: int) -> str:
+    """Fingerprint of a validation set and inference size: a stored Dice is reused only for
+    exactly the same images, labels and size."""
+    digest = hashlib.sha256(str(size).encode())
+    for case in sorted(cases, key=lambda c: c.name):
+        digest.update(case.name.encode())
+        for array in (case.image, case.label):
+            a = np.ascontiguousarray(array)
+            digest.update(f"{a.dtype}{a.shape}".encode())
+            digest.update(a.tobytes())
+    return digest.hexdigest()[:24]
+
+
+def mean_validation_dice(
+    model: torch.nn.Module,
+    cases: Sequence[ValidationCase],
+    num_classes: int,
+    *,
+    size: int,
+    device: torch.device | None = None,
+) -> tuple[float, dict[str, float]]:
+    """Mean over ``cases`` of each case's mean Dice over classes 1..C-1, and the per-case means."""
+    from learner.inference import predict_volume
+    from learner.metrics import dice_per_class
+
+    per_case: dict[str, float] = {}
+    for case in cases:
+        probabilities = predict_volume(model, case.image, size=size, device=device)
+        prediction = np.argmax(probabilities, axis=0)
+        scores = dice_per_class(prediction, np.asarray(case.label, dtype=np.int64), num_classes)
+        per_case[case.name] = float(np.mean(list(scores.values())))
+    return float(np.mean(list(per_case.values()))), per_case
+
+
+class ModelRegistry:
+    """Model versions of one project under ``root`` (see the module docstring).
+
+    Safe to use from several threads, and from several processes on one machine (manifest
+    updates hold a file lock). Every query reads the manifest from disk, so two registry
+    objects on one root (the API's and a worker's) always agree.
+    """
+
+    def __init__(self, root: str | os.PathLike, cache_size: int = 2):
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self._thread_lock = threading.RLock()
+        self._held = threading.local()
+        self._cache: OrderedDict[tuple, tuple] = OrderedDict()
+        self._cache_size = max(1, int(cache_size))
+
+    # -- manifest ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """This object's thread lock plus an exclusive file lock; re-entrant within a thread."""
+        with self._thread_lock:
+            if getattr(self._held, "depth", 0):
+                self._held.depth += 1
+                try:
+                    yield
+                finally:
+                    self._held.depth -= 1
+                return
+            # flock is per open file: a nested open in the same thread would wait for itself.
+            with open(self.root / ".lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                self._held.depth = 1
+                try:
+                    yield
+                finally:
+                    self._held.depth = 0
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read(self) -> list[VersionRecord]:
+        path = self.root / _MANIFEST
+        if not path.exists():
+            return []
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        return [VersionRecord(**record) for record in payload["versions"]]
+
+    def _write(self, records: list[VersionRecord]) -> None:
+        _write_json_atomic(
+            self.root / _MANIFEST,
+            {"format": _MANIFEST_FORMAT, "versions": [r.to_dict() for r in records]},
+        )
+
+    # -- queries -------------------------------------------------------------------------
+    def versions(self) -> list[VersionRecord]:
+        """Every version's record, oldest first (rejected ones included)."""
+        with self._locked():
+            return self._read()
+
+    def record(self, version: int) -> VersionRecord:
+        for record in self.versions():
+            if record.version == version:
+                return record
+        raise RegistryError(f"no model version {version} in {self.root}")
+
+    def serving_version(self) -> int | None:
+        """The version predictions use; None before any version exists."""
+        return next((r.version for r in self.versions() if r.status == "serving"), None)
+
+    def serving_record(self) -> VersionRecord | None:
+        return next((r for r in self.versions() if r.status == "serving"), None)
+
+    def network_config(self, version: int | None = None):
+        """NetworkConfig of ``version`` (default: the serving one)."""
+        from learner.networks import NetworkConfig
+
+        if version is None:
+            version = self.serving_version()
+            if version is None:
+                raise RegistryError(f"no model version in {self.root} yet")
+        return NetworkConfig.from_dict(self.record(version).network)
+
+    def checkpoint_path(self, version: int) -> Path:
+        return self.versions_dir / self.record(version).checkpoint
+
+    def load(self, version: int | None = None, *, device: torch.device | None = None, fresh: bool = False):
+        """(model in eval mode, NetworkConfig, metadata) of ``version`` (default: serving).
+
+        The model is shared through a small cache: do not train it in place; pass
+        ``fresh=True`` for a private copy to fine-tune.
+        """
+        from learner.checkpoints import load_checkpoint
+
+        if version is None:
+            version = self.serving_version()
+            if version is None:
+                raise RegistryError(f"no model version in {self.root} yet")
+        key = (version, str(device) if device is not None else None)
+        with self._thread_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+        if hit is None:
+            hit = load_checkpoint(self.checkpoint_path(version), device=device)
+            with self._thread_lock:
+                self._cache[key] = hit
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        model, config, metadata = hit
+        if fresh:
+            model = copy.deepcopy(model)
+        return model, config, dict(metadata)
+
+    def learning_curve(self) -> list[dict]:
+        """Per version: version, parent, status, created_at, val_dice, loss, seconds, steps, source."""
+        curve = []
+        for r in self.versions():
+            curve.append(
+                {
+                    "version": r.version,
+                    "parent": r.parent,
+                    "status": r.status,
+                    "created_at": r.created_at,
+                    "val_dice": r.metrics.get("val_dice"),
+                    "loss": r.metrics.get("loss"),
+                    "seconds": r.metrics.get("seconds"),
+                    "steps": r.metrics.get("steps"),
+                    "source": r.source.get("kind"),
+                    "image_id": r.source.get("image_id"),
+                }
+            )
+        return curve
+
+    # -- new versions --------------------------------------------------------------------
+    def _add(
+        self,
+        model: torch.nn.Module,
+        config,
+        *,
+        parent: int | None,
+        source: dict,
+        status: str,
+        reason: str,
+        metrics: dict | None = None,
+        metadata: dict | None = None,
+        require_empty: bool = False,
+    ) -> VersionRecord:
+        from learner.checkpoints import save_checkpoint
+
+        with self._locked():
+            records = self._read()
+            if require_empty and records:
+                raise RegistryError(f"{self.root} already holds {len(records)} model version(s)")
+            version = max((r.version for r in records), default=-1) + 1
+            name = f"v{version:06d}.pt"
+            record = VersionRecord(
+                version=version,
+                parent=parent,
+                created_at=_now(),
+                source=dict(source),
+                status=status,
+                reason=reason,
+                checkpoint=name,
+                network=config.to_dict(),
+                metrics=dict(metrics or {}),
+            )
+            # The checkpoint is in place before the manifest names it.
+            save_checkpoint(
+                self.versions_dir / name,
+                model,
+                config,
+                {
+                    **(metadata or {}),
+                    "version": version,
+                    "parent": parent,
+                    "source": record.source,
+                    "num_classes": config.num_classes,
+                },
+            )
+            if status == "serving":
+                for r in records:
+                    if r.status == "serving":
+                        r.status, r.reason = "retired", f"replaced by version {version}"
+            records.append(record)
+            self._write(records)
+            return record
+
+    def create_initial(self, config, seed: int = 0) -> VersionRecord:
+        """Version 0: a randomly initialised network, identical for the same config and seed."""
+        from learner.networks import build_network
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_network(config)
+        model.eval()
+        return self._add(
+            model,
+            config,
+            parent=None,
+            source={"kind": "init", "seed": int(seed)},
+            status="serving",
+            reason="initial version (random initialisation)",
+            require_empty=True,
+        )
+
+    def import_checkpoint(
+        self,
+        path: str | os.PathLike,
+        *,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+    ) -> VersionRecord:
+        """Serve a checkpoint trained offline as the next version (warm start).
+
+        Its classes and input channels must match ``num_classes`` / ``in_channels`` when
+        given, and the versions already in the registry; otherwise CheckpointMismatch.
+        """
+        from learner.checkpoints import load_checkpoint
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        try:
+            model, config, metadata = load_checkpoint(path)
+        except Exception as error:  # a corrupt or foreign file
+            raise CheckpointMismatch(f"{path.name} is not a readable scribbleflow checkpoint: {error}") from error
+        expected = {"num_classes": num_classes, "in_channels": in_channels}
+        current = self.serving_record()
+        if current is not None:
+            for key in expected:
+                expected[key] = expected[key] if expected[key] is not None else current.network.get(key)
+        problems = [
+            f"{key} is {getattr(config, key)}, the project needs {value}"
+            for key, value in expected.items()
+            if value is not None and getattr(config, key) != value
+        ]
+        if problems:
+            raise CheckpointMismatch(f"checkpoint {path.name} does not fit this project: " + "; ".join(problems))
+        return self._add(
+            model,
+            config,
+            parent=None if current is None else current.version,
+            source={"kind": "imported", "file": path.name, "metadata": _json_safe(metadata)},
+            status="serving",
+            reason="imported checkpoint",
+        )
+
+    def add_candidate(
+        self,
+        model: torch.nn.Module,
+        config,
+        *,
+        parent: int | None,
+        source: dict,
+        metrics: dict | None = None,
+        metadata: dict | None = None,
+    ) -> VersionRecord:
+        """Store a trained model as a new version with status ``candidate``.
+
+        ``metadata`` goes into the checkpoint file (e.g. ``size``, ``method``).
+        """
+        return self._add(
+            model, config, parent=parent, source=source, status="candidate",
+            reason="awaiting the promotion gate", metrics=metrics, metadata=metadata,
+        )
+
+    # -- the gate ------------------------------------------------------------------------
+    def _update(self, version: int, **changes) -> VersionRecord:
+        records = self._read()
+        record = next((r for r in records if r.version == version), None)
+        if record is None:
+            raise RegistryError(f"no model version {version} in {self.root}")
+        metrics = changes.pop("metrics", None)
+        if metrics:
+            record.metrics.update(metrics)
+        if changes.get("status") == "serving":
+            for r in records:
+                if r.status == "serving" and r.version != version:
+                    r.status, r.reason = "retired", f"replaced by version {version}"
+        for key, value in changes.items():
+            setattr(record, key, value)
+        self._write(records)
+        return record
+
+    def _validation_dice(
+        self, version: int, cases: Sequence[ValidationCase], key: str, size: int, device
+    ) -> float:
+        record = self.record(version)
+        if record.metrics.get("val_key") == key and record.metrics.get("val_dice") is not None:
+            return float(record.metrics["val_dice"])
+        model, config, _ = self.load(version, device=device)
+        dice, _per_case = mean_validation_dice(model, cases, config.num_classes, size=size, device=device)
+        with self._locked():
+            self._update(version, metrics={"val_dice": dice, "val_key": key, "val_cases": len(cases)})
+        return dice
+
+    def promote_or_reject(
+        self,
+        candidate: int,
+        validation_cases: Sequence[ValidationCase],
+        tolerance: float,
+        *,
+        size: int,
+        device: torch.device | None = None,
+    ) -> GateDecision:
+        """Make ``candidate`` the serving version, or reject it (see the module docstring).
+
+        Dice is measured with ``predict_volume`` at in-plane ``size`` and stored in each
+        version's metrics (reused while the validation set is unchanged).
+        """
+        if tolerance < 0:
+            raise ValueError(f"tolerance must not be negative, got {tolerance}")
+        record = self.record(candidate)
+        if record.status != "candidate":
+            raise RegistryError(f"version {candidate} is {record.status}, not a candidate")
+        key = validation_key(validation_cases, size) if validation_cases else None
+        for _attempt in range(3):  # the serving version may change while we measure
+            serving = self.serving_version()
+            candidate_dice = serving_dice = None
+            if serving is None:
+                promoted, reason = True, "no serving version yet"
+            elif not validation_cases:
+                promoted, reason = True, "no validation images yet: promoted without a check"
+            else:
+                serving_dice = self._validation_dice(serving, validation_cases, key, size, device)
+                candidate_dice = self._validation_dice(candidate, validation_cases, key, size, device)
+                promoted = candidate_dice >= serving_dice - tolerance
+                relation = ">=" if promoted else "<"
+                reason = (
+                    f"validation Dice {candidate_dice:.4f} {relation} {serving_dice:.4f} "
+                    f"(version {serving}) - tolerance {tolerance:g} on {len(validation_cases)} image(s)"
+                )
+            with self._locked():
+                if serving != next((r.version for r in self._read() if r.status == "serving"), None):
+                    continue
+                self._update(candidate, status="serving" if promoted else "rejected", reason=reason)
+            return GateDecision(
+                candidate=candidate,
+                serving=serving,
+                promoted=promoted,
+                reason=reason,
+                candidate_dice=candidate_dice,
+                serving_dice=serving_dice,
+                tolerance=float(tolerance),
+                validation_cases=len(validation_cases),
+            )
+        raise RegistryError(f"the serving version kept changing while gating version {candidate}")
+
+
+def _json_safe(value):
+    """``value`` with anything json cannot write turned into strings."""
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        if isinstance(value, dict):
+            return {str(k): _json_safe(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [_json_safe(v) for v in value]
+        return str(value)

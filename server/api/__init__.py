@@ -1,0 +1,16 @@
+"""HTTP routers, one per resource, all under ``/api/v1`` (``GET /health`` also at the root)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from server.api import admin, health, images, jobs, models, projects, sessions
+
+API_PREFIX = "/api/v1"
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix=API_PREFIX)
+    for module in (health, projects, images, sessions, models, jobs, admin):
+        router.include_router(module.router)
+    return router

@@ -1,0 +1,106 @@
+"""Annotation sessions: open (with a lease), rounds, undo, accept, result downloads."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, File, UploadFile
+from fastapi.responses import FileResponse
+
+from server import schemas
+from server.api.deps import Ctx, end_transaction, nifti_response, save_upload
+from server.auth import CurrentUser, Db
+from server.services import images as image_service
+from server.services import sessions
+
+router = APIRouter(tags=["sessions"])
+
+
+@router.post(
+    "/images/{image_id}/sessions", response_model=schemas.SessionOut, status_code=201,
+    summary="Open a session: the model's prediction, uncertainty and a suggestion; 409 if leased",
+)
+def open_session(
+    image_id: int, ctx: Ctx, db: Db, user: CurrentUser, request: schemas.SessionOpen | None = None
+) -> schemas.SessionOut:
+    image = image_service.get_image(db, image_id)
+    takeover = request.takeover if request else False
+    session = sessions.open_session(ctx, db, user, image, takeover)
+    return sessions.session_out(db, session)
+
+
+@router.get("/sessions/{session_id}", response_model=schemas.SessionOut)
+def get_session(session_id: int, db: Db, _user: CurrentUser) -> schemas.SessionOut:
+    return sessions.session_out(db, sessions.get_session(db, session_id))
+
+
+@router.post("/sessions/{session_id}/rounds", response_model=schemas.RoundOut, status_code=201,
+             summary="Submit scribbles and/or clicks")
+def add_round(
+    session_id: int, request: schemas.RoundCreate, ctx: Ctx, db: Db, user: CurrentUser
+) -> schemas.RoundOut:
+    session = sessions.get_session(db, session_id)
+    row = sessions.add_round(ctx, db, user, session, request)
+    return sessions.round_out(db, row)
+
+
+@router.post(
+    "/sessions/{session_id}/rounds/labelmap", response_model=schemas.RoundOut, status_code=201,
+    summary="Submit a scribble labelmap (image's size; labels 0..C-1, 255 = unlabelled)",
+)
+def add_labelmap_round(
+    session_id: int, ctx: Ctx, db: Db, user: CurrentUser, file: UploadFile = File(...)
+) -> schemas.RoundOut:
+    session = sessions.get_session(db, session_id)
+    end_transaction(db)
+    path = save_upload(ctx, file)
+    try:
+        row = sessions.add_labelmap_round(ctx, db, user, session, path, file.filename)
+    finally:
+        path.unlink(missing_ok=True)
+    return sessions.round_out(db, row)
+
+
+@router.post("/sessions/{session_id}/undo", response_model=schemas.SessionOut,
+             summary="Undo the image's latest round")
+def undo(session_id: int, ctx: Ctx, db: Db, user: CurrentUser) -> schemas.SessionOut:
+    session = sessions.get_session(db, session_id)
+    sessions.undo(ctx, db, user, session)
+    return sessions.session_out(db, session)
+
+
+@router.post("/sessions/{session_id}/accept", response_model=schemas.AcceptOut,
+             summary="Accept the current segmentation as the image's label")
+def accept(session_id: int, ctx: Ctx, db: Db, user: CurrentUser) -> schemas.AcceptOut:
+    session = sessions.get_session(db, session_id)
+    session, image, job = sessions.accept(ctx, db, user, session)
+    return schemas.AcceptOut(
+        session=sessions.session_out(db, session), image=image_service.image_out(image),
+        job_id=job.id if job else None,
+    )
+
+
+@router.post("/sessions/{session_id}/close", response_model=schemas.SessionOut,
+             summary="Release the lease without accepting")
+def close(session_id: int, ctx: Ctx, db: Db, user: CurrentUser) -> schemas.SessionOut:
+    session = sessions.close(ctx, db, user, sessions.get_session(db, session_id))
+    return sessions.session_out(db, session)
+
+
+@router.get("/sessions/{session_id}/{name}", response_class=FileResponse,
+            summary="Download the prediction or uncertainty map at open (NIfTI)")
+def session_file(session_id: int, name: str, ctx: Ctx, db: Db, _user: CurrentUser) -> FileResponse:
+    session = sessions.get_session(db, session_id)
+    end_transaction(db)
+    return nifti_response(sessions.session_file(ctx, session, name), f"session-{session_id}-{name}.nii.gz")
+
+
+@router.get("/rounds/{round_id}", response_model=schemas.RoundOut)
+def get_round(round_id: int, db: Db, _user: CurrentUser) -> schemas.RoundOut:
+    return sessions.round_out(db, sessions.get_round(db, round_id))
+
+
+@router.get("/rounds/{round_id}/{name}", response_class=FileResponse,
+            summary="Download a round's segmentation, residual, scribble, input, proxy or confidence (NIfTI)")
+def round_file(round_id: int, name: str, ctx: Ctx, db: Db, _user: CurrentUser) -> FileResponse:
+    row = sessions.get_round(db, round_id)
+    end_transaction(db)
+    return nifti_response(sessions.round_file(ctx, row, name), f"round-{round_id}-{name}.nii.gz")

@@ -1,0 +1,330 @@
+"""Request and response models of the REST API: its single source of truth.
+
+Points arrive either as SimpleITK voxel indices (i, j, k) = (x, y, z) (``space="index"``)
+or as physical LPS millimetres (``space="physical"``); the service layer converts them
+once to array indices (z, y, x). Label values index the project's ``label_names``
+(0 = background). In label volumes, ``registration.volume.UNLABELLED`` (255) marks a
+voxel without a label.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Point3 = tuple[float, float, float]
+PointSpace = Literal["index", "physical"]
+
+
+class Message(BaseModel):
+    detail: str
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    database: str
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+class TokenCreate(BaseModel):
+    role: Literal["annotator", "admin"]
+    owner: str = Field(min_length=1, max_length=200)
+
+
+class TokenOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    role: str
+    owner: str
+    created_at: datetime
+    created_by: str | None = None
+    revoked_at: datetime | None = None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The token itself; shown only once.")
+
+
+# --- projects -----------------------------------------------------------------------------
+
+
+class LearningSettings(BaseModel):
+    """How a project's model learns online. Defaults come from the server settings.
+
+    ``online`` holds ``learner.online.OnlineSettings`` fields (size, batch_size,
+    learning_rate, replay_capacity, promotion_tolerance, ...): that dataclass is their
+    source of truth and validates them.
+    """
+
+    steps: int = Field(ge=1, le=100_000, description="Optimiser steps per training job.")
+    channels: list[int] = Field(min_length=2, max_length=7, description="UNet widths (fixed at creation).")
+    validation_every: int = Field(
+        ge=0, description="Every n-th uploaded image is held out for validation (0: none)."
+    )
+    train_on_rounds: bool = Field(description="Train after every round (not only on accept).")
+    online: dict[str, Any] = Field(description="learner.online.OnlineSettings fields.")
+
+
+class LearningSettingsUpdate(BaseModel):
+    """A partial change of a project's learning settings; ``online`` is merged key by key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int | None = Field(None, ge=1, le=100_000)
+    validation_every: int | None = Field(None, ge=0)
+    train_on_rounds: bool | None = None
+    online: dict[str, Any] | None = None
+
+
+class ProjectCreateLearning(LearningSettingsUpdate):
+    channels: list[int] | None = Field(None, min_length=2, max_length=7)
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    labels: list[str] = Field(
+        min_length=1, max_length=254, description="Foreground label names; value 0 is background."
+    )
+    description: str = ""
+    learning: ProjectCreateLearning | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_names(cls, names: list[str]) -> list[str]:
+        cleaned = [n.strip() for n in names]
+        if any(not n for n in cleaned):
+            raise ValueError("label names must not be empty")
+        if len(set(cleaned)) != len(cleaned) or "background" in cleaned:
+            raise ValueError("label names must be distinct and not 'background'")
+        return cleaned
+
+
+class ProjectOut(BaseModel):
+    id: int
+    name: str
+    description: str
+    label_names: list[str] = Field(description="Index = label value; 0 is background.")
+    learning: LearningSettings
+    created_at: datetime
+    created_by: str
+    image_count: int
+    serving_version: int | None
+
+
+# --- images -------------------------------------------------------------------------------
+
+
+class ImageOut(BaseModel):
+    id: int
+    project_id: int
+    name: str
+    stream_position: int
+    status: Literal["new", "in_progress", "accepted"]
+    is_validation: bool
+    source_format: str
+    pixel_type: str
+    shape_zyx: list[int]
+    size_ijk: list[int] = Field(description="SimpleITK size (x, y, z).")
+    spacing_xyz: list[float]
+    origin_xyz: list[float]
+    direction: list[float]
+    created_at: datetime
+    created_by: str
+    accepted_at: datetime | None
+    accepted_by: str | None
+    links: dict[str, str]
+
+
+class ImageUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    is_validation: bool | None = None
+
+
+class StreamNext(BaseModel):
+    image: ImageOut | None
+    order: Literal["stream", "uncertainty"]
+    remaining: int = Field(description="Images of the project not accepted yet.")
+
+
+# --- sessions and rounds ------------------------------------------------------------------
+
+
+class Suggestion(BaseModel):
+    """Where to look next: the worst residual region. Indices in (z, y, x) and (i, j, k)."""
+
+    axis: int = Field(description="Array axis of the suggested slice (0 = z).")
+    slice: int
+    bbox_zyx: list[int] = Field(description="(z0, y0, x0, z1, y1, x1), end exclusive.")
+    centroid_zyx: list[float]
+    centroid_ijk: list[float]
+    centroid_lps: list[float]
+    score: float
+
+
+class Stroke(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    points: list[Point3] = Field(description="Polyline vertices; consecutive points are joined.")
+    label: int = Field(description="Label value (index into label_names).")
+    radius: float = Field(1.0, ge=0, le=100, description="Brush radius in voxels, in the stroke's plane.")
+    space: PointSpace = "index"
+
+    @field_validator("points")
+    @classmethod
+    def _not_empty(cls, points: list[Point3]) -> list[Point3]:
+        if not points:
+            raise ValueError("empty stroke: a stroke needs at least one point")
+        return points
+
+
+class Click(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    point: Point3
+    label: int
+    positive: bool = Field(True, description="False: this voxel is NOT `label`.")
+    space: PointSpace = "index"
+
+
+class RoundCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scribbles: list[Stroke] = Field(default_factory=list, max_length=10_000)
+    clicks: list[Click] = Field(default_factory=list, max_length=10_000)
+
+
+class Effort(BaseModel):
+    voxels: int = 0
+    strokes: int = 0
+    clicks: int = 0
+    slices_touched: int = 0
+
+
+class RoundOut(BaseModel):
+    id: int
+    session_id: int
+    image_id: int
+    number: int
+    kind: Literal["interactions", "labelmap"]
+    previous_round_id: int | None
+    created_at: datetime
+    created_by: str
+    undone: bool
+    model_version: int | None
+    prediction_source: str
+    label_counts: dict[str, int] = Field(description="Voxels per label name in the segmentation.")
+    suggestion: Suggestion | None
+    effort: Effort = Field(description="This round's own input.")
+    compute_seconds: float
+    job_id: int | None = None
+    links: dict[str, str]
+
+
+class SessionOpen(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    takeover: bool = Field(False, description="Take the image over from another annotator's lease.")
+
+
+class SessionOut(BaseModel):
+    id: int
+    image_id: int
+    project_id: int
+    holder: str
+    state: str
+    opened_at: datetime
+    lease_expires_at: datetime
+    model_version: int | None
+    prediction_source: str = Field(description="model | atlas | none")
+    label_counts: dict[str, int]
+    suggestion: Suggestion | None
+    current_round: RoundOut | None
+    links: dict[str, str]
+
+
+class AcceptOut(BaseModel):
+    session: SessionOut
+    image: ImageOut
+    job_id: int | None
+
+
+# --- models, jobs, curves -----------------------------------------------------------------
+
+
+class ModelVersionOut(BaseModel):
+    version: int
+    created_at: datetime | None = None
+    serving: bool
+    promoted: bool | None = None
+    source: str = ""
+    parent: int | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelsOut(BaseModel):
+    serving_version: int | None
+    versions: list[ModelVersionOut]
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    project_id: int
+    image_id: int | None
+    round_id: int | None
+    trigger: str
+    state: str
+    progress: float
+    base_version: int | None
+    result_version: int | None
+    promoted: bool | None
+    message: str
+    created_at: datetime
+    created_by: str
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ImageCurve(BaseModel):
+    image_id: int
+    name: str
+    stream_position: int
+    status: str
+    rounds: int
+    effort: Effort
+    dice_per_round: list[dict[str, float] | None]
+    accepted_at: datetime | None
+
+
+class LearningCurve(BaseModel):
+    versions: list[ModelVersionOut]
+    images: list[ImageCurve]
+    jobs: list[JobOut]
+    annotation_to_model_seconds: list[float] = Field(
+        description="Per finished job: from its round (or accept) to its new model version."
+    )
+    queue_depth: int
+
+
+class AuditOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    project_id: int | None
+    image_id: int | None
+    details: dict[str, Any]

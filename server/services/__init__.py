@@ -1,0 +1,1 @@
+"""Use cases of the server: plain functions over a database session and the data store."""

@@ -1,0 +1,148 @@
+"""Models of every project: their registries, the serving version, and predictions.
+
+Each project's versions live in a ``learner.registry.ModelRegistry`` under
+``DATA_DIR/projects/<id>/models``. Loaded models stay in memory (the registry's cache),
+and the last volume predictions are kept too, so the rounds of one image do not
+recompute them. Predictions take one of the ``compute_slots`` so that at most
+``Settings.compute_threads`` heavy computations run at once; callers run in worker
+threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import numpy as np
+
+from server.errors import BadInput, NotFound
+from server.storage.datastore import DataStore
+
+
+class ModelHub:
+    def __init__(
+        self,
+        datastore: DataStore,
+        compute_slot: Callable[[], AbstractContextManager],
+        prediction_cache_size: int = 6,
+    ):
+        self.datastore = datastore
+        self._compute_slot = compute_slot
+        self._predictions: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._prediction_cache_size = prediction_cache_size
+        self._lock = threading.Lock()
+
+    def registry(self, project_id: int):
+        """The project's registry: the same object the training jobs of this process use."""
+        from learner.jobs import registry_at
+
+        return registry_at(self.datastore.models_dir(project_id))
+
+    def initialise(self, project_id: int, num_classes: int, channels: list[int], seed: int):
+        """Version 0 of a new project: a randomly initialised network (files only, no DB)."""
+        from learner.networks import NetworkConfig
+
+        models_dir = self.datastore.models_dir(project_id)
+        if models_dir.exists():
+            # Left by a project whose database row was never committed: nobody knows it.
+            shutil.rmtree(models_dir)
+        config = NetworkConfig(num_classes=num_classes, channels=tuple(channels))
+        return self.registry(project_id).create_initial(config, seed=seed)
+
+    def serving_version(self, project_id: int) -> int | None:
+        return self.registry(project_id).serving_version()
+
+    def has_useful_model(self, project_id: int) -> bool:
+        """False while the serving model is the untrained version 0 (random weights)."""
+        record = self.registry(project_id).serving_record()
+        return record is not None and record.source.get("kind") != "init"
+
+    def versions(self, project_id: int) -> list:
+        return self.registry(project_id).versions()
+
+    def predict(
+        self, project_id: int, image_key: object, image_zyx: np.ndarray, size: int
+    ) -> tuple[int, np.ndarray]:
+        """(serving version, probabilities float32 (C, z, y, x)) for an image (z, y, x)."""
+        from learner.inference import predict_volume
+
+        registry = self.registry(project_id)
+        version = registry.serving_version()
+        if version is None:
+            raise NotFound(f"project {project_id} has no model version")
+        key = (project_id, image_key, version, size)
+        with self._lock:
+            cached = self._predictions.get(key)
+            if cached is not None:
+                self._predictions.move_to_end(key)
+                return version, cached
+        with self._compute_slot():
+            model, _config, _meta = registry.load(version)
+            probabilities = predict_volume(model, image_zyx, size=size)
+        probabilities.setflags(write=False)
+        with self._lock:
+            self._predictions[key] = probabilities
+            while len(self._predictions) > self._prediction_cache_size:
+                self._predictions.popitem(last=False)
+        return version, probabilities
+
+    def import_checkpoint(self, project_id: int, path: Path, num_classes: int):
+        from learner.registry import CheckpointMismatch
+
+        try:
+            return self.registry(project_id).import_checkpoint(path, num_classes=num_classes, in_channels=1)
+        except CheckpointMismatch as exc:
+            raise BadInput(str(exc)) from None
+        except FileNotFoundError:
+            raise BadInput("the checkpoint upload is missing") from None
+
+
+def import_checkpoint(db, hub: ModelHub, principal, project, path: Path, filename: str):
+    """Serve an offline checkpoint as the project's next version (warm start).
+
+    The project's learning settings follow the checkpoint: its network widths, and the
+    slice size it was trained at (checkpoint metadata ``size``), so predictions and later
+    online updates use the size the weights expect.
+    """
+    from server.services import audit
+    from server.services.projects import merged_learning
+
+    record = hub.import_checkpoint(project.id, path, len(project.labels))
+    size = record.source.get("metadata", {}).get("size")
+    change: dict = {}
+    channels = list(record.network.get("channels", project.learning["channels"]))
+    multiple = 2 ** (len(channels) - 1)
+    if isinstance(size, int) and size >= multiple and size % multiple == 0:
+        change["online"] = {"size": size}
+    learning = dict(project.learning, channels=channels)
+    project.learning = merged_learning(learning, change)
+    audit.record(db, principal, "model_import", project_id=project.id,
+                 details={"version": record.version, "file": filename, "size": project.learning["online"]["size"],
+                          "channels": channels})
+    db.commit()
+    return record
+
+
+def version_out(record):
+    """A registry ``VersionRecord`` as the API shows it."""
+    from datetime import datetime
+
+    from server.schemas import ModelVersionOut
+
+    promoted = {"serving": True, "retired": True, "rejected": False}.get(record.status)
+    if record.source.get("kind") in ("init", "imported"):
+        promoted = True if record.status in ("serving", "retired") else promoted
+    return ModelVersionOut(
+        version=record.version,
+        created_at=datetime.fromisoformat(record.created_at) if record.created_at else None,
+        serving=record.status == "serving",
+        promoted=promoted,
+        source=str(record.source.get("kind", "")),
+        parent=record.parent,
+        metrics={k: v for k, v in record.metrics.items() if k != "val_key"},
+        details={"status": record.status, "reason": record.reason, "source": record.source},
+    )

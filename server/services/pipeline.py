@@ -1,0 +1,122 @@
+"""The computation of a round and of a session's opening (pure: arrays in, arrays out).
+
+Data flow of a round (ARCHITECTURE.md): cumulative user seeds on annotated planes
+ -> ``registration.dense2d.densify_slice`` per plane, guided by the model's probabilities
+ -> ``registration.propagate.propagate_to_volume`` (3D proxy + confidence)
+ -> ``registration.fusion.fuse_with_model`` with the model's probabilities
+ -> ``registration.residual`` (residual map and the next suggestion).
+All volumes are (z, y, x) on the image's grid; probabilities (C, z, y, x).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from registration.volume import UNLABELLED, Volume
+from server import schemas
+
+
+@dataclass
+class RoundComputation:
+    proxy_labels: np.ndarray  # uint8 (z, y, x)
+    proxy_probabilities: np.ndarray  # float32 (C, z, y, x)
+    confidence: np.ndarray  # float32 (z, y, x) in [0, 1]
+    segmentation: np.ndarray  # uint8 (z, y, x): the fused labels
+    residual: np.ndarray  # float32 (z, y, x) in [0, 1]
+    suggestion: object | None  # registration.residual.Suggestion
+
+
+def compute_round(
+    image_zyx: np.ndarray,
+    spacing_zyx: tuple[float, float, float],
+    seeds: np.ndarray,
+    planes: Iterable[tuple[int, int]],
+    model_probabilities: np.ndarray,
+    num_classes: int,
+) -> RoundComputation:
+    from registration.dense2d import densify_slice
+    from registration.fusion import fuse_with_model
+    from registration.propagate import SliceAnnotation, propagate_to_volume
+    from registration.residual import residual_map, suggest_next_interaction
+
+    image = np.asarray(image_zyx, dtype=np.float32)
+    annotations = []
+    for axis, index in sorted(set(planes)):
+        seeds_2d = np.take(seeds, index, axis=axis)
+        if not np.any(seeds_2d != UNLABELLED):
+            continue
+        labels_2d = densify_slice(
+            np.take(image, index, axis=axis),
+            seeds_2d,
+            num_classes,
+            probabilities_cyx=np.take(model_probabilities, index, axis=axis + 1),
+        )
+        annotations.append(SliceAnnotation(axis=axis, index=index, labels=np.asarray(labels_2d)))
+    proxy = propagate_to_volume(image, annotations, num_classes, spacing_zyx=spacing_zyx)
+    fused = fuse_with_model(proxy, model_probabilities, seeds)
+    residual = residual_map(fused.probabilities, model_probabilities)
+    return RoundComputation(
+        proxy_labels=np.asarray(proxy.labels).astype(np.uint8),
+        proxy_probabilities=np.asarray(proxy.probabilities, dtype=np.float32),
+        confidence=np.asarray(proxy.confidence, dtype=np.float32),
+        segmentation=np.asarray(fused.labels).astype(np.uint8),
+        residual=np.asarray(residual, dtype=np.float32),
+        suggestion=suggest_next_interaction(residual),
+    )
+
+
+def uncertainty_map(probabilities: np.ndarray) -> np.ndarray:
+    """Normalised entropy of (C, z, y, x) probabilities: float32 (z, y, x) in [0, 1]."""
+    p = np.clip(probabilities.astype(np.float32), 1e-8, 1.0)
+    entropy = -(p * np.log(p)).sum(axis=0)
+    return (entropy / np.log(max(probabilities.shape[0], 2))).clip(0.0, 1.0).astype(np.float32)
+
+
+def opening_suggestion(uncertainty: np.ndarray):
+    """Where to start on a new image: the most uncertain region of the prediction."""
+    from registration.residual import suggest_next_interaction
+
+    return suggest_next_interaction(uncertainty)
+
+
+def atlas_probabilities(
+    atlas_image: np.ndarray, atlas_labels: np.ndarray, image_zyx: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """Cold start: an accepted earlier volume's labels carried onto this one (C, z, y, x)."""
+    from registration.atlas import propagate_from_atlas
+
+    proxy = propagate_from_atlas(atlas_image, atlas_labels, image_zyx, num_classes)
+    return np.asarray(proxy.probabilities, dtype=np.float32)
+
+
+def label_counts(labels: np.ndarray, names: list[str]) -> dict[str, int]:
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(names))
+    return {name: int(counts[value]) for value, name in enumerate(names)}
+
+
+def suggestion_out(suggestion, geometry: Volume) -> schemas.Suggestion | None:
+    """A registration Suggestion with its centroid also as (i, j, k) and LPS millimetres."""
+    if suggestion is None:
+        return None
+    z, y, x = (float(c) for c in suggestion.centroid_zyx)
+    lps = _index_to_physical(geometry, (x, y, z))
+    return schemas.Suggestion(
+        axis=int(suggestion.axis),
+        slice=int(suggestion.slice),
+        bbox_zyx=[int(v) for v in suggestion.bbox_zyx],
+        centroid_zyx=[z, y, x],
+        centroid_ijk=[x, y, z],
+        centroid_lps=list(lps),
+        score=float(suggestion.score),
+    )
+
+
+def _index_to_physical(geometry: Volume, ijk: tuple[float, float, float]) -> tuple[float, float, float]:
+    spacing = np.asarray(geometry.spacing_xyz, dtype=np.float64)
+    origin = np.asarray(geometry.origin_xyz, dtype=np.float64)
+    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)
+    point = origin + direction @ (spacing * np.asarray(ijk, dtype=np.float64))
+    return tuple(float(v) for v in point)

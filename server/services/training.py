@@ -1,0 +1,242 @@
+"""Online learning jobs: built from stored rounds, run by an executor, tracked in the database.
+
+A job is submitted after each round (unless the project turned that off) and on accept.
+Its ``learner.jobs.TrainJob`` payload names the round's files, the project's held-out
+validation images and settings; it is stored in the job's row before it goes to the
+executor, so jobs that were queued or running when the server stopped are submitted
+again at the next start. Images held out for validation never train the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from server.auth import Principal
+from server.metrics import Metrics
+from server.storage.datastore import DataStore
+from server.storage.models import Image, Project, TrainingJob
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("queued", "running")
+
+
+class TrainingService:
+    def __init__(self, session_factory: sessionmaker, datastore: DataStore, metrics: Metrics):
+        self._session_factory = session_factory
+        self._datastore = datastore
+        self._metrics = metrics
+        self._executor = None
+        self._stopping = threading.Event()
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        from learner.executors import EmbeddedExecutor
+
+        self._stopping.clear()
+        self._executor = EmbeddedExecutor(on_change=self._on_change, progress_interval=1.0)
+        self._resubmit_unfinished()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the executor; unfinished jobs stay queued in the database for the next start."""
+        if self._executor is None:
+            return
+        self._stopping.set()
+        self._executor.shutdown(wait=True, timeout=timeout)
+        self._executor = None
+
+    def cancel_image_jobs(self, image_id: int) -> None:
+        """Cancel the queued and running jobs of an image (e.g. it was deleted)."""
+        from learner.executors import UnknownJob
+
+        with self._session_factory() as db:
+            ids = list(db.scalars(select(TrainingJob.executor_id).where(
+                TrainingJob.image_id == image_id, TrainingJob.state.in_(ACTIVE_STATES))))
+        for executor_id in ids:
+            if self._executor is None:
+                self._record(executor_id, {"state": "cancelled", "message": "image deleted"})
+                continue
+            try:
+                self._executor.cancel(executor_id)
+            except UnknownJob:
+                self._record(executor_id, {"state": "cancelled", "message": "image deleted"})
+
+    def queue_depth(self) -> int:
+        return self._executor.queue_depth() if self._executor is not None else 0
+
+    # --- submission -----------------------------------------------------------------------
+
+    def submit(
+        self,
+        db: Session,
+        principal: Principal,
+        project: Project,
+        image: Image,
+        *,
+        trigger: str,
+        round_id: int | None,
+        files: dict[str, Path],
+        reference_version: int | None,
+    ) -> TrainingJob | None:
+        """Queue a job for ``image`` (None for validation images); commits its row first."""
+        from learner.jobs import TrainJob, ValidationImage
+
+        if image.is_validation:
+            return None
+        learning = project.learning
+        store = self._datastore
+        validation = [
+            ValidationImage(name=str(v.id), image_path=str(store.resolve(v.path)),
+                            label_path=str(store.resolve(v.accepted_path)))
+            for v in db.scalars(
+                select(Image).where(
+                    Image.project_id == project.id, Image.is_validation.is_(True),
+                    Image.accepted_path.is_not(None),
+                ).order_by(Image.id)
+            )
+        ]
+        images_seen = db.scalar(
+            select(func.count(Image.id)).where(
+                Image.project_id == project.id, Image.status == "accepted", Image.id != image.id,
+                Image.is_validation.is_(False),
+            )
+        ) or 0
+        job = TrainJob(
+            project_id=str(project.id),
+            image_id=str(image.id),
+            round_id=str(round_id) if round_id is not None else f"accept-{image.id}",
+            image_path=str(store.resolve(image.path)),
+            num_classes=len(project.labels),
+            reference_version=reference_version,
+            proxy_labels_path=_optional(files.get("proxy_labels")),
+            proxy_probabilities_path=_optional(files.get("proxy_probabilities")),
+            confidence_path=_optional(files.get("confidence")),
+            scribble_path=_optional(files.get("scribble")),
+            accepted_label_path=_optional(files.get("accepted_label")),
+            validation=validation,
+            images_seen=int(images_seen),
+            steps=int(learning["steps"]),
+            settings=dict(learning["online"]),
+            registry_root=str(store.models_dir(project.id)),
+            replay_root=str(store.project_dir(project.id) / "replay"),
+        )
+        row = TrainingJob(
+            project_id=project.id,
+            image_id=image.id,
+            round_id=round_id,
+            trigger=trigger,
+            executor_id=job.job_id,
+            state="queued",
+            payload=job.to_dict(),
+            created_by=principal.owner,
+        )
+        db.add(row)
+        db.commit()
+        self._metrics.jobs.labels(state="queued").inc()
+        self._send(job)
+        return row
+
+    def _send(self, job) -> None:
+        from learner.executors import QueueFull
+
+        if self._executor is None:
+            return  # not started (e.g. a command-line use): stays queued for the next start
+        try:
+            self._executor.submit(job)
+        except (QueueFull, RuntimeError, ValueError) as exc:
+            self._record(job.job_id, {"state": "failed", "message": f"not queued: {exc}"})
+
+    def _resubmit_unfinished(self) -> None:
+        from learner.jobs import TrainJob
+
+        with self._session_factory() as db:
+            rows = list(
+                db.scalars(
+                    select(TrainingJob).where(TrainingJob.state.in_(ACTIVE_STATES)).order_by(TrainingJob.id)
+                )
+            )
+            payloads = []
+            for row in rows:
+                row.state, row.progress, row.started_at = "queued", 0.0, None
+                payloads.append((row.id, row.payload))
+            db.commit()
+        for row_id, payload in payloads:
+            try:
+                self._send(TrainJob.from_dict(payload))
+            except (TypeError, ValueError) as exc:
+                log.warning("job %d could not be resubmitted: %s", row_id, exc)
+                with self._session_factory() as db:
+                    row = db.get(TrainingJob, row_id)
+                    row.state, row.message = "failed", f"could not be resubmitted: {exc}"
+                    db.commit()
+        if payloads:
+            log.info("resubmitted %d unfinished training job(s)", len(payloads))
+
+    # --- executor events (notifier thread) ------------------------------------------------
+
+    def _on_change(self, status) -> None:
+        state = str(status.state)
+        if self._stopping.is_set() and state in ("cancelled", "running"):
+            return  # shut down with the server: stays queued and is resubmitted at the next start
+        changes: dict[str, Any] = {"state": state}
+        if status.total:
+            changes["progress"] = min(1.0, status.step / status.total)
+        if status.started_at:
+            changes["started_at"] = datetime.fromtimestamp(status.started_at, UTC)
+        if status.finished_at and status.state.finished:
+            changes["finished_at"] = datetime.fromtimestamp(status.finished_at, UTC)
+        if status.result:
+            result = dict(status.result)
+            changes.update(
+                result_version=result.get("version"),
+                promoted=result.get("promoted"),
+                message=result.get("reason", ""),
+                result=result,
+                progress=1.0,
+            )
+        elif status.error:
+            changes["message"] = status.error
+        elif status.superseded_by:
+            changes["message"] = "superseded by a newer round of the same image"
+        if self._record(status.job_id, changes) and status.state.finished:
+            self._metrics.jobs.labels(state=state).inc()
+        self._metrics.queue_depth.set(self.queue_depth())
+
+    def _record(self, executor_id: str, changes: dict[str, Any]) -> bool:
+        with self._session_factory() as db:
+            row = db.scalar(select(TrainingJob).where(TrainingJob.executor_id == executor_id))
+            if row is None:
+                return False
+            for key, value in changes.items():
+                setattr(row, key, value)
+            db.commit()
+            return True
+
+
+def _optional(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def get_job(db: Session, job_id: int) -> TrainingJob:
+    from server.errors import NotFound
+
+    job = db.get(TrainingJob, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(db: Session, project_id: int, limit: int = 1000) -> list[TrainingJob]:
+    return list(
+        db.scalars(
+            select(TrainingJob).where(TrainingJob.project_id == project_id).order_by(TrainingJob.id).limit(limit)
+        )
+    )

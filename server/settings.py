@@ -1,0 +1,61 @@
+"""The one settings object of the server, read once at start-up from ``SCRIBBLEFLOW_*``.
+
+Nothing else in the code base reads the environment: the settings are passed down
+(``create_app(settings)``, services, executors). Every field can be set with the
+environment variable ``SCRIBBLEFLOW_<FIELD NAME IN CAPITALS>``, e.g.
+``SCRIBBLEFLOW_DATA_DIR=/srv/scribbleflow``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SCRIBBLEFLOW_", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Volumes, masks, checkpoints and the SQLite file.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file scribbleflow.db inside data_dir."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    max_upload_mb: float = Field(1024.0, gt=0, description="Largest accepted request body.")
+    lease_seconds: int = Field(900, gt=0, description="An annotation session's lease on its image.")
+    compute_threads: int = Field(2, ge=1, description="Threads for predictions and propagation.")
+    click_radius: float = Field(2.0, ge=0, description="In-plane radius (voxels) painted by a click.")
+    stream_uncertainty_max_images: int = Field(
+        16, ge=1, description="Images scored per `next` request when ordering by uncertainty."
+    )
+
+    # Defaults of a new project's learning settings (an admin may change them per project;
+    # the remaining online-learning knobs take learner.online.OnlineSettings' defaults).
+    model_size: int = Field(128, ge=16, description="Slices are resized to size x size (multiple of 16).")
+    model_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    online_steps: int = Field(150, ge=1, description="Optimiser steps per online training job.")
+    promotion_tolerance: float = Field(0.02, ge=0, description="Allowed validation Dice drop.")
+    replay_capacity: int = Field(3, ge=0, description="Earlier images kept in the replay buffer.")
+    validation_every: int = Field(
+        5, ge=0, description="Every n-th uploaded image is held out for validation (0: none)."
+    )
+    train_on_rounds: bool = Field(True, description="Submit a training job after every round.")
+    seed: int = 0
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'scribbleflow.db'}"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

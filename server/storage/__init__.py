@@ -1,0 +1,1 @@
+"""Persistence: database models and engine (metadata), data store (volume files)."""

@@ -1,0 +1,301 @@
+"""Sessions end to end in-process: leases, rounds (strokes, clicks, labelmaps), undo, accept,
+versioned files, audit trail, training jobs, and that heavy work stays off the event loop."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from registration.volume import UNLABELLED, read_volume
+from tests.conftest import volume_bytes
+
+API = "/api/v1"
+
+
+def open_session(client, image, headers, takeover=None):
+    body = {} if takeover is None else {"takeover": takeover}
+    return client.post(f"{API}/images/{image['id']}/sessions", json=body, headers=headers)
+
+
+def stroke_round(label_zyx, z: int):
+    """Strokes (voxel indices) along the middle row of each label on slice ``z``, plus a click."""
+    strokes = []
+    for label in np.unique(label_zyx[z]):
+        ys, xs = np.nonzero(label_zyx[z] == label)
+        row = int(np.median(ys))
+        on_row = np.sort(xs[ys == row])
+        points = [(float(on_row[0]), float(row), float(z)), (float(on_row[-1]), float(row), float(z))]
+        if label == 1:  # the inner disc is solid: one straight stroke stays inside it
+            strokes.append({"points": points, "label": int(label), "radius": 0})
+        else:
+            strokes.append({"points": [points[0]], "label": int(label), "radius": 0})
+    return {"scribbles": strokes, "clicks": [{"point": [16, 16, z], "label": 1, "positive": True}]}
+
+
+def download_volume(client, url, headers, tmp_path, name):
+    response = client.get(url, headers=headers)
+    assert response.status_code == 200, response.text
+    path = tmp_path / name
+    path.write_bytes(response.content)
+    return read_volume(path)
+
+
+def assert_same_geometry(volume, image):
+    assert list(volume.shape_zyx) == image["shape_zyx"]
+    assert volume.spacing_xyz == pytest.approx(image["spacing_xyz"])
+    assert volume.origin_xyz == pytest.approx(image["origin_xyz"])
+    assert volume.direction == pytest.approx(image["direction"])
+
+
+def test_open_gives_prediction_uncertainty_and_suggestion(client, uploaded_image, annotator_headers, tmp_path):
+    response = open_session(client, uploaded_image, annotator_headers)
+    assert response.status_code == 201, response.text
+    session = response.json()
+    assert session["holder"] == "bob" and session["state"] == "open"
+    assert session["model_version"] == 0 and session["prediction_source"] == "model"
+    assert sum(session["label_counts"].values()) == int(np.prod(uploaded_image["shape_zyx"]))
+    assert set(session["label_counts"]) == {"background", "inner", "ring"}
+    prediction = download_volume(client, session["links"]["prediction"], annotator_headers, tmp_path, "p.nii.gz")
+    uncertainty = download_volume(client, session["links"]["uncertainty"], annotator_headers, tmp_path, "u.nii.gz")
+    assert_same_geometry(prediction, uploaded_image)
+    assert_same_geometry(uncertainty, uploaded_image)
+    assert 0.0 <= uncertainty.array.min() and uncertainty.array.max() <= 1.0
+    if session["suggestion"] is not None:
+        suggestion = session["suggestion"]
+        assert suggestion["centroid_ijk"] == suggestion["centroid_zyx"][::-1]
+    image = client.get(f"{API}/images/{uploaded_image['id']}", headers=annotator_headers).json()
+    assert image["status"] == "in_progress"
+    # Opening again by the same annotator returns the same session.
+    assert open_session(client, uploaded_image, annotator_headers).json()["id"] == session["id"]
+
+
+def test_lease_conflict_takeover_and_closed_session(
+    client, uploaded_image, annotator_headers, second_annotator_headers, admin_headers, volume_and_label
+):
+    first = open_session(client, uploaded_image, annotator_headers).json()
+    response = open_session(client, uploaded_image, second_annotator_headers)
+    assert response.status_code == 409
+    assert "'bob'" in response.json()["detail"] and "takeover" in response.json()["detail"]
+    second = open_session(client, uploaded_image, second_annotator_headers, takeover=True)
+    assert second.status_code == 201
+    old = client.get(f"{API}/sessions/{first['id']}", headers=annotator_headers).json()
+    assert old["state"] == "taken_over"
+    _, label = volume_and_label
+    response = client.post(f"{API}/sessions/{first['id']}/rounds", json=stroke_round(label, 3),
+                           headers=annotator_headers)
+    assert response.status_code == 409 and "'carol'" in response.json()["detail"]
+    # Someone else's session cannot be driven either.
+    response = client.post(f"{API}/sessions/{second.json()['id']}/undo", headers=annotator_headers)
+    assert response.status_code == 409 and "held by 'carol'" in response.json()["detail"]
+    actions = [(e["action"], e["actor"]) for e in
+               client.get(f"{API}/images/{uploaded_image['id']}/audit", headers=admin_headers).json()]
+    assert ("takeover", "carol") in actions
+
+
+def test_abandoned_lease_expires(app, client, uploaded_image, annotator_headers, second_annotator_headers):
+    app.state.context.settings.lease_seconds = 1
+    first = open_session(client, uploaded_image, annotator_headers).json()
+    time.sleep(1.2)
+    second = open_session(client, uploaded_image, second_annotator_headers)
+    assert second.status_code == 201, second.text
+    assert client.get(f"{API}/sessions/{first['id']}", headers=annotator_headers).json()["state"] == "expired"
+
+
+def test_rounds_undo_accept_keep_every_version(
+    app, client, uploaded_image, annotator_headers, admin_headers, volume_and_label, tmp_path
+):
+    _, label = volume_and_label
+    session = open_session(client, uploaded_image, annotator_headers).json()
+    response = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 2),
+                           headers=annotator_headers)
+    assert response.status_code == 201, response.text
+    first = response.json()
+    assert first["number"] == 1 and first["previous_round_id"] is None and not first["undone"]
+    assert sum(first["label_counts"].values()) == int(np.prod(uploaded_image["shape_zyx"]))
+    assert first["effort"]["strokes"] == 3 and first["effort"]["clicks"] == 1
+    assert first["effort"]["slices_touched"] == 1
+    assert first["job_id"] is not None
+    segmentation = download_volume(client, first["links"]["segmentation"], annotator_headers, tmp_path, "s1.nii.gz")
+    residual = download_volume(client, first["links"]["residual"], annotator_headers, tmp_path, "r1.nii.gz")
+    assert_same_geometry(segmentation, uploaded_image)
+    assert_same_geometry(residual, uploaded_image)
+    assert segmentation.array.max() < 3
+
+    # Second round on another slice, with a physical-space click.
+    image = uploaded_image
+    z = 4
+    physical = [image["origin_xyz"][0] + 16 * image["spacing_xyz"][0],
+                image["origin_xyz"][1] - 16 * image["spacing_xyz"][1],  # y axis flipped
+                image["origin_xyz"][2] + z * image["spacing_xyz"][2]]
+    body = stroke_round(label, z)
+    body["clicks"] = [{"point": physical, "space": "physical", "label": 1}]
+    second = client.post(f"{API}/sessions/{session['id']}/rounds", json=body, headers=annotator_headers).json()
+    assert second["number"] == 2 and second["previous_round_id"] == first["id"]
+    scribble = download_volume(client, second["links"]["scribble"], annotator_headers, tmp_path, "c2.nii.gz").array
+    assert {int(z) for z in np.nonzero(np.any(scribble != UNLABELLED, axis=(1, 2)))[0]} == {2, 4}
+    assert scribble[4, 16, 16] == 1
+
+    # Undo the second round: the first is current again; both rounds' files stay.
+    undone = client.post(f"{API}/sessions/{session['id']}/undo", headers=annotator_headers)
+    assert undone.status_code == 200
+    assert undone.json()["current_round"]["id"] == first["id"]
+    history = client.get(f"{API}/images/{image['id']}/rounds", headers=annotator_headers).json()
+    assert [(r["id"], r["undone"]) for r in history] == [(first["id"], False), (second["id"], True)]
+    assert client.get(second["links"]["segmentation"], headers=annotator_headers).status_code == 200
+    store = app.state.context.datastore
+    folders = sorted(p for p in store.root.glob("projects/*/images/*/rounds/*"))
+    assert len(folders) == 2
+    expected = {"input.json", "input.nii.gz", "scribble.nii.gz", "proxy.nii.gz", "proxy_probabilities.npz",
+                "confidence.nii.gz", "segmentation.nii.gz", "residual.nii.gz"}
+    for folder in folders:
+        assert {p.name for p in folder.iterdir()} == expected
+
+    accepted = client.post(f"{API}/sessions/{session['id']}/accept", headers=annotator_headers)
+    assert accepted.status_code == 200, accepted.text
+    result = accepted.json()
+    assert result["image"]["status"] == "accepted" and result["session"]["state"] == "accepted"
+    assert result["job_id"] is not None
+    final = download_volume(client, result["image"]["links"]["label"], annotator_headers, tmp_path, "l.nii.gz")
+    assert_same_geometry(final, uploaded_image)
+    np.testing.assert_array_equal(final.array, segmentation.array)  # round 1 is the current one
+    response = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 1),
+                           headers=annotator_headers)
+    assert response.status_code == 409 and "accepted" in response.json()["detail"]
+    history = client.get(f"{API}/images/{image['id']}/rounds", headers=annotator_headers).json()
+    assert history[0]["id"] == first["id"]
+
+    events = client.get(f"{API}/images/{image['id']}/audit", headers=admin_headers).json()
+    assert [e["action"] for e in events] == ["upload", "session_open", "round", "round", "undo", "accept"]
+    assert {e["actor"] for e in events} == {"bob"}
+    assert all(e["at"] for e in events)
+    jobs = client.get(f"{API}/projects/{image['project_id']}/jobs", headers=annotator_headers).json()
+    assert [j["trigger"] for j in jobs] == ["round", "round", "accept"]
+
+
+def test_training_job_produces_a_new_served_version(client, uploaded_image, annotator_headers, volume_and_label):
+    _, label = volume_and_label
+    session = open_session(client, uploaded_image, annotator_headers).json()
+    round_ = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 3),
+                         headers=annotator_headers).json()
+    deadline = time.monotonic() + 120
+    job = client.get(f"{API}/jobs/{round_['job_id']}", headers=annotator_headers).json()
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = client.get(f"{API}/jobs/{round_['job_id']}", headers=annotator_headers).json()
+    assert job["state"] == "succeeded", job
+    assert job["result_version"] == 1 and job["promoted"] is True and job["progress"] == 1.0
+    models = client.get(f"{API}/projects/{uploaded_image['project_id']}/models", headers=annotator_headers).json()
+    assert models["serving_version"] == 1
+    # the next round is predicted with the new version
+    round_2 = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 1),
+                          headers=annotator_headers).json()
+    assert round_2["model_version"] == 1
+
+
+def test_labelmap_round_and_its_bad_inputs(app, client, uploaded_image, annotator_headers, volume_and_label):
+    volume, label = volume_and_label
+    session = open_session(client, uploaded_image, annotator_headers).json()
+    url = f"{API}/sessions/{session['id']}/rounds/labelmap"
+    scribble = np.full(label.shape, UNLABELLED, dtype=np.uint8)
+    scribble[3][label[3] == 1] = 1
+    scribble[3, :2, :] = 0
+
+    def send(array, name="scribble.nii.gz", geometry=volume):
+        from registration.volume import Volume
+
+        target = Volume(array, geometry.spacing_xyz, geometry.origin_xyz, geometry.direction)
+        return client.post(url, files={"file": (name, io.BytesIO(volume_bytes(target)))}, headers=annotator_headers)
+
+    wrong_shape = send(scribble[:, :, :-2])
+    assert wrong_shape.status_code == 400 and "size" in wrong_shape.json()["detail"]
+    out_of_range = scribble.copy()
+    out_of_range[0, 0, 0] = 9
+    response = send(out_of_range)
+    assert response.status_code == 400 and "out of range" in response.json()["detail"]
+    assert client.get(f"{API}/images/{uploaded_image['id']}/rounds", headers=annotator_headers).json() == []
+    assert list(app.state.context.datastore.root.glob("projects/*/images/*/rounds/*")) == []
+
+    response = send(scribble)
+    assert response.status_code == 201, response.text
+    round_ = response.json()
+    assert round_["kind"] == "labelmap" and round_["effort"]["voxels"] == int((scribble != UNLABELLED).sum())
+
+
+def test_bad_round_inputs_are_rejected_and_nothing_is_stored(app, client, uploaded_image, annotator_headers):
+    session = open_session(client, uploaded_image, annotator_headers).json()
+    url = f"{API}/sessions/{session['id']}/rounds"
+    cases = [
+        ({"scribbles": [{"points": [[100, 1, 1]], "label": 1}]}, 400, "outside the volume"),
+        ({"clicks": [{"point": [1, 1, -1], "label": 1}]}, 400, "outside the volume"),
+        ({"scribbles": [{"points": [[1, 1, 1]], "label": 3}]}, 400, "out of range"),
+        ({"scribbles": [{"points": [], "label": 1}]}, 422, "empty stroke"),
+        ({}, 400, "empty round"),
+        ({"scribbles": [{"points": [[1, 1]], "label": 1}]}, 422, "points"),
+    ]
+    for body, status, words in cases:
+        response = client.post(url, json=body, headers=annotator_headers)
+        assert response.status_code == status, (body, response.text)
+        assert words in response.json()["detail"], response.json()
+    assert client.get(f"{API}/images/{uploaded_image['id']}/rounds", headers=annotator_headers).json() == []
+    assert list(app.state.context.datastore.root.glob("projects/*/images/*/rounds/*")) == []
+    response = client.post(f"{API}/sessions/{session['id']}/undo", headers=annotator_headers)
+    assert response.status_code == 409 and "nothing to undo" in response.json()["detail"]
+
+
+def test_server_answers_while_a_round_waits_for_compute(app, client, uploaded_image, annotator_headers,
+                                                        volume_and_label):
+    """With the only compute slot taken, a round waits in a worker thread; /health still answers."""
+    _, label = volume_and_label
+    session = open_session(client, uploaded_image, annotator_headers).json()
+    outcome = {}
+
+    def submit():
+        outcome["response"] = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 2),
+                                          headers=annotator_headers)
+
+    compute = app.state.context.compute
+    with compute():
+        worker = threading.Thread(target=submit)
+        worker.start()
+        time.sleep(0.5)
+        assert worker.is_alive()  # the round is blocked on the compute slot
+        started = time.perf_counter()
+        assert client.get("/health").status_code == 200
+        assert client.get(f"{API}/sessions/{session['id']}", headers=annotator_headers).status_code == 200
+        assert time.perf_counter() - started < 5
+    worker.join(timeout=120)
+    assert outcome["response"].status_code == 201
+
+
+def test_validation_images_train_nothing(client, admin_headers, annotator_headers, project, uploaded_image,
+                                         volume_and_label):
+    _, label = volume_and_label
+    response = client.patch(f"{API}/images/{uploaded_image['id']}", json={"is_validation": True},
+                            headers=admin_headers)
+    assert response.status_code == 200 and response.json()["is_validation"]
+    session = open_session(client, uploaded_image, annotator_headers).json()
+    round_ = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 2),
+                         headers=annotator_headers).json()
+    assert round_["job_id"] is None
+    accepted = client.post(f"{API}/sessions/{session['id']}/accept", headers=annotator_headers).json()
+    assert accepted["job_id"] is None
+    assert client.get(f"{API}/projects/{project['id']}/jobs", headers=annotator_headers).json() == []
+
+
+def test_deleting_an_annotated_image_removes_rows_and_files_but_keeps_the_audit_trail(
+    app, client, uploaded_image, annotator_headers, admin_headers, volume_and_label
+):
+    _, label = volume_and_label
+    session = open_session(client, uploaded_image, annotator_headers).json()
+    round_ = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 2),
+                         headers=annotator_headers).json()
+    assert client.delete(f"{API}/images/{uploaded_image['id']}", headers=admin_headers).status_code == 204
+    assert client.get(f"{API}/sessions/{session['id']}", headers=annotator_headers).status_code == 404
+    assert client.get(f"{API}/rounds/{round_['id']}", headers=annotator_headers).status_code == 404
+    assert list(app.state.context.datastore.root.glob("projects/*/images/*")) == []
+    events = client.get(f"{API}/admin/audit?image_id={uploaded_image['id']}", headers=admin_headers).json()
+    assert [e["action"] for e in events] == ["upload", "session_open", "round", "image_delete"]

@@ -1,0 +1,104 @@
+"""The typed client (over the in-process app) and the simulated annotator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clients.annotator import SimulatedAnnotator, choose_slice, strokes_from_scribble
+from clients.cli import build_parser, upload_files
+from clients.client import ApiError, ScribbleflowClient
+from registration.volume import UNLABELLED, read_volume, write_volume_atomic
+from server import schemas
+from server.services import interactions
+from tests.conftest import make_token, synthetic_volume
+
+
+@pytest.fixture
+def admin_client(app, client):
+    return ScribbleflowClient(token=make_token(app, "admin", "alice"), http=client)
+
+
+def test_client_covers_projects_images_and_admin(admin_client, tmp_path):
+    volume, _ = synthetic_volume(seed=2)
+    path = write_volume_atomic(volume, tmp_path / "case.nii.gz")
+    assert admin_client.health().status == "ok"
+    project = admin_client.create_project("p", ["inner", "ring"], learning={"steps": 3})
+    assert isinstance(project, schemas.ProjectOut) and project.learning.steps == 3
+    sent = []
+    image = admin_client.upload_image(project.id, path, name="first", progress=sent.append)
+    assert image.name == "first" and sum(sent) == path.stat().st_size
+    assert [i.id for i in admin_client.list_images(project.id)] == [image.id]
+    assert admin_client.get_image(image.id).shape_zyx == [6, 32, 32]
+    downloaded = read_volume(admin_client.download_image(image.id, tmp_path / "back.nii.gz"))
+    np.testing.assert_array_equal(downloaded.array, volume.array)
+    assert admin_client.next_image(project.id).image.id == image.id
+    assert admin_client.list_models(project.id).serving_version == 0
+    assert admin_client.serving_model(project.id).version == 0
+    assert admin_client.update_learning(project.id, steps=4).learning.steps == 4
+    created = admin_client.create_token("annotator", "bob")
+    assert created.token.startswith("sf_") and {t.owner for t in admin_client.list_tokens()} == {"alice", "bob"}
+    assert admin_client.revoke_token(created.id).revoked_at is not None
+    assert [e.action for e in admin_client.audit(project_id=project.id)] == [
+        "project_create", "upload", "settings_change"]
+    assert admin_client.learning_curve(project.id).images[0].image_id == image.id
+    assert "scribbleflow_uploads_total" in admin_client.metrics()
+    admin_client.delete_image(image.id)
+    with pytest.raises(ApiError) as error:
+        admin_client.get_image(image.id)
+    assert error.value.status == 404 and "not found" in error.value.detail
+
+
+def test_client_sessions_with_the_simulated_annotator(admin_client, tmp_path):
+    volume, label = synthetic_volume(seed=4)
+    project = admin_client.create_project("s", ["inner", "ring"])
+    image = admin_client.upload_image(project.id, write_volume_atomic(volume, tmp_path / "c.nii.gz"))
+    annotator = SimulatedAnnotator(admin_client, num_classes=3, seed=1, evaluate=True)
+    record = annotator.annotate(image, label, rounds=2, accept=True)
+    assert [r.round.number for r in record.rounds] == [1, 2]
+    assert len({(r.axis, r.slice) for r in record.rounds}) == 2  # never the same slice twice
+    assert all(r.dice is not None and set(r.dice) == {1, 2} for r in record.rounds)
+    assert record.accepted.image.status == "accepted"
+    final = read_volume(admin_client.download_label(image.id, tmp_path / "label.nii.gz"))
+    assert final.spacing_xyz == pytest.approx(volume.spacing_xyz)
+    rounds = admin_client.image_rounds(image.id)
+    assert all(r.created_by == "alice" for r in rounds)
+    seg = admin_client.download_round_file(rounds[-1].id, "segmentation", tmp_path / "s.nii.gz")
+    np.testing.assert_array_equal(read_volume(seg).array, final.array)
+
+
+def test_stroke_mode_paints_exactly_the_simulated_scribble(admin_client, tmp_path):
+    from learner.scribbles import simulate_scribbles
+
+    volume, label = synthetic_volume(seed=5)
+    scribble = simulate_scribbles(label, num_classes=3, slices=[3], seed=2).scribble
+    strokes = strokes_from_scribble(scribble)
+    painted = interactions.paint_round(schemas.RoundCreate(scribbles=strokes), volume, 3, 0, None)
+    np.testing.assert_array_equal(painted.seeds, scribble)
+
+    project = admin_client.create_project("k", ["inner", "ring"])
+    image = admin_client.upload_image(project.id, write_volume_atomic(volume, tmp_path / "k.nii.gz"))
+    annotator = SimulatedAnnotator(admin_client, num_classes=3, seed=2, mode="strokes")
+    record = annotator.annotate(image, label, rounds=1, accept=False)
+    sent = read_volume(admin_client.download_round_file(record.rounds[0].round.id, "input", tmp_path / "i.nii.gz"))
+    assert record.rounds[0].round.effort.voxels == int((sent.array != UNLABELLED).sum()) > 0
+
+
+def test_choose_slice_prefers_the_suggestion_then_the_largest_undrawn_slice():
+    _, label = synthetic_volume(seed=0)
+    suggestion = schemas.Suggestion(axis=0, slice=1, bbox_zyx=[1, 0, 0, 2, 4, 4], centroid_zyx=[1, 2, 2],
+                                    centroid_ijk=[2, 2, 1], centroid_lps=[0, 0, 0], score=0.9)
+    assert choose_slice(label, suggestion, set(), 3) == (0, 1)
+    fallback = choose_slice(label, suggestion, {(0, 1)}, 3)
+    foreground = (label > 0).sum(axis=(1, 2))
+    assert fallback[0] == 0 and foreground[fallback[1]] == foreground.max()
+
+
+def test_cli_finds_upload_files_and_parses_commands(tmp_path):
+    for name in ("b.nii.gz", "a.nrrd", "notes.txt", "c.zip"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in upload_files([str(tmp_path)])] == ["a.nrrd", "b.nii.gz", "c.zip"]
+    args = build_parser().parse_args(["--token", "t", "upload", "--project", "3", str(tmp_path)])
+    assert args.project == 3 and args.paths == [str(tmp_path)]
+    with pytest.raises(FileNotFoundError):
+        upload_files([str(tmp_path / "missing")])

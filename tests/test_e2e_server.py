@@ -1,0 +1,223 @@
+"""End to end over real HTTP: ``scribbleflow serve`` (uvicorn) as a subprocess on loopback.
+
+Create a project, upload three ACDC validation volumes as NIfTI (with geometry set),
+open a session, submit two rounds of simulated scribbles through the typed client,
+download the segmentation (same geometry as the upload), accept; the training jobs run,
+a new model version is served and its Dice on the next image beats version 0's; then
+the server process restarts and everything is still there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.annotator import SimulatedAnnotator
+from clients.client import ScribbleflowClient
+from registration.volume import Volume, read_volume, write_volume_atomic
+
+ACDC_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc" / "val"
+SPACING_XYZ = (1.5, 1.5, 10.0)
+ORIGIN_XYZ = (-120.0, -95.5, 30.0)
+STARTUP_SECONDS = 120
+TRAINING_SECONDS = 420
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``scribbleflow serve`` on a free loopback port with the given environment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env = env
+        self.port = _free_port()
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        import httpx
+
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server did not answer within {STARTUP_SECONDS} s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+def acdc_cases(count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    from learner.data import case_paths, load_case
+
+    paths = case_paths(ACDC_VAL)[:count]
+    cases = []
+    for image_path, label_path in paths:
+        case = load_case(image_path, label_path)
+        cases.append((case.name, case.image.array.astype(np.float32), case.label.astype(np.int64)))
+    return cases
+
+
+def dice_mean(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
+    from learner.metrics import dice_per_class
+
+    return float(np.mean(list(dice_per_class(prediction.astype(np.int64), truth, num_classes).values())))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server_env(request, tmp_path):
+    env = dict(os.environ)
+    env.update(
+        SCRIBBLEFLOW_DATA_DIR=str(tmp_path / "data"),
+        SCRIBBLEFLOW_MODEL_SIZE="128",
+        SCRIBBLEFLOW_ONLINE_STEPS="100",
+        SCRIBBLEFLOW_VALIDATION_EVERY="0",
+        SCRIBBLEFLOW_COMPUTE_THREADS="1",
+        SCRIBBLEFLOW_LOG_LEVEL="warning",
+    )
+    if request.param == "postgresql":
+        env["SCRIBBLEFLOW_DATABASE_URL"] = request.getfixturevalue("database_url_postgresql")
+    return env
+
+
+@pytest.fixture
+def database_url_postgresql(request):
+    from tests.conftest import postgres_schema
+
+    user, database = request.getfixturevalue("postgres_database")
+    with postgres_schema(user, database, prefix="e2e") as url:
+        yield url
+
+
+def test_end_to_end_over_http_with_restart(server_env, tmp_path):
+    if not ACDC_VAL.is_dir():
+        pytest.skip(f"ACDC validation data not found at {ACDC_VAL}")
+    cases = acdc_cases(3)
+    num_classes = 4
+    upload_dir = tmp_path / "upload"
+    for name, image, _ in cases:
+        write_volume_atomic(Volume(image, SPACING_XYZ, ORIGIN_XYZ), upload_dir / f"{name}.nii.gz")
+
+    token = subprocess.run(
+        [sys.executable, "-m", "server.cli", "token", "create", "--role", "admin", "--owner", "alice"],
+        env=server_env, capture_output=True, text=True, check=True, timeout=120,
+    ).stdout.strip()
+    server = ServerProcess(server_env, tmp_path / "server.log")
+    server.start()
+    try:
+        with ScribbleflowClient(server.url, token, timeout=300) as client:
+            project = client.create_project("acdc", ["RV", "Myo", "LV"])
+            # Uploads through the client CLI (a directory, with a progress bar on stderr).
+            uploaded = subprocess.run(
+                [sys.executable, "-m", "clients.cli", "--url", server.url, "--token", token,
+                 "upload", "--project", str(project.id), str(upload_dir)],
+                capture_output=True, text=True, check=True, timeout=300,
+            )
+            assert "uploading 3 file(s)" in uploaded.stderr
+            listed = {Path(u["file"]).name: u["image_id"] for u in json.loads(uploaded.stdout)}
+            images = [client.get_image(listed[f"{name}.nii.gz"]) for name, _, _ in cases]
+            truths = {img.id: truth for img, (_, _, truth) in zip(images, cases, strict=True)}
+            assert [i.spacing_xyz for i in images] == [list(SPACING_XYZ)] * 3
+
+            # Version 0 on the image that comes after the first one.
+            following = images[1]
+            probe = client.open_session(following.id)
+            assert probe.model_version == 0 and probe.prediction_source == "model"
+            v0_path = client.download_session_file(probe.id, "prediction", tmp_path / "v0.nii.gz")
+            dice_v0 = dice_mean(read_volume(v0_path).array, truths[following.id], num_classes)
+            client.close_session(probe.id)
+
+            first = client.next_image(project.id).image
+            assert first.id == images[0].id
+            annotator = SimulatedAnnotator(client, num_classes, seed=7, evaluate=True)
+            record = annotator.annotate(first, truths[first.id], rounds=2, accept=False)
+            assert [r.round.number for r in record.rounds] == [1, 2]
+            last = record.rounds[-1].round
+            segmentation = read_volume(client.download_round_file(last.id, "segmentation", tmp_path / "seg.nii.gz"))
+            assert segmentation.shape_zyx == tuple(first.shape_zyx)
+            assert segmentation.spacing_xyz == pytest.approx(SPACING_XYZ)
+            assert segmentation.origin_xyz == pytest.approx(ORIGIN_XYZ)
+            assert segmentation.direction == pytest.approx(first.direction)
+            residual = read_volume(client.download_round_file(last.id, "residual", tmp_path / "res.nii.gz"))
+            assert residual.shape_zyx == tuple(first.shape_zyx)
+            accepted = client.accept(record.session_id)
+            assert accepted.image.status == "accepted" and accepted.job_id is not None
+
+            jobs = client.wait_for_jobs(project.id, timeout=TRAINING_SECONDS)
+            assert any(j.state == "succeeded" for j in jobs), [(j.id, j.state, j.message) for j in jobs]
+            models = client.list_models(project.id)
+            assert models.serving_version is not None and models.serving_version > 0
+            assert client.next_image(project.id).image.id == following.id
+
+            session = client.open_session(following.id)
+            assert session.model_version == models.serving_version and session.prediction_source == "model"
+            new_path = client.download_session_file(session.id, "prediction", tmp_path / "vn.nii.gz")
+            dice_new = dice_mean(read_volume(new_path).array, truths[following.id], num_classes)
+            assert dice_new > dice_v0, (dice_new, dice_v0)
+
+            before = {
+                "projects": [p.model_dump() for p in client.list_projects()],
+                "images": [i.model_dump() for i in client.list_images(project.id)],
+                "rounds": [r.model_dump() for r in client.image_rounds(first.id)],
+                "models": client.list_models(project.id).model_dump(),
+                "audit": [e.model_dump() for e in client.project_audit(project.id)],
+            }
+    finally:
+        server.stop()
+
+    server.start()
+    try:
+        with ScribbleflowClient(server.url, token, timeout=300) as client:
+            after = {
+                "projects": [p.model_dump() for p in client.list_projects()],
+                "images": [i.model_dump() for i in client.list_images(project.id)],
+                "rounds": [r.model_dump() for r in client.image_rounds(first.id)],
+                "models": client.list_models(project.id).model_dump(),
+                "audit": [e.model_dump() for e in client.project_audit(project.id)],
+            }
+            assert after == before
+            again = read_volume(client.download_round_file(last.id, "segmentation", tmp_path / "again.nii.gz"))
+            np.testing.assert_array_equal(again.array, segmentation.array)
+            label = read_volume(client.download_label(first.id, tmp_path / "label.nii.gz"))
+            assert label.spacing_xyz == pytest.approx(SPACING_XYZ)
+            # The lease survived the restart too: alice's session on the next image is still hers.
+            assert client.open_session(following.id).id == session.id
+    finally:
+        server.stop()

@@ -1,0 +1,148 @@
+"""Embedded executor: coalescing per image, failures, progress, cancel, bounded queue, shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from learner.executors import EmbeddedExecutor, JobState, QueueFull, UnknownJob
+from learner.jobs import TrainJob
+from tests.test_online import new_registry, one_torch_thread, write_project_files  # noqa: F401 (fixture)
+
+WAIT = 60.0  # seconds any wait in these tests may take at most
+
+
+def job(image_id: str, round_id: str = "1", **fields) -> TrainJob:
+    values = {"project_id": "p", "image_id": image_id, "round_id": round_id, "image_path": "unused", "num_classes": 2,
+              "steps": 5}
+    values.update(fields)
+    return TrainJob(**values)
+
+
+class GatedRunner:
+    """A job function that reports progress and then waits until the test opens its gate."""
+
+    def __init__(self):
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.ran: list[str] = []
+
+    def __call__(self, train_job, progress, should_stop):
+        self.ran.append(train_job.job_id)
+        progress(1, train_job.steps)
+        self.started.set()
+        deadline = time.monotonic() + WAIT
+        while not self.gate.wait(0.01):
+            if should_stop():
+                from learner.online import UpdateCancelled
+
+                raise UpdateCancelled("stopped")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the test never opened the gate")
+        progress(train_job.steps, train_job.steps)
+        return {"image_id": train_job.image_id, "round_id": train_job.round_id}
+
+
+def test_a_newer_round_supersedes_the_queued_job_of_the_same_image():
+    runner = GatedRunner()
+    events = []
+    executor = EmbeddedExecutor(runner, on_change=lambda s: events.append((s.job_id, str(s.state))))
+    try:
+        first = executor.submit(job("a", "1"))
+        assert runner.started.wait(WAIT)
+        second = executor.submit(job("a", "2"))
+        other = executor.submit(job("b", "1"))
+        third = executor.submit(job("a", "3"))
+        assert executor.status(first).state == JobState.RUNNING
+        assert executor.status(second).state == JobState.SUPERSEDED
+        assert executor.status(second).superseded_by == third
+        assert executor.queue_depth() == 2
+        runner.gate.set()
+        for job_id in (first, third, other):
+            assert executor.wait(job_id, WAIT).state == JobState.SUCCEEDED
+        # The newer round took the superseded job's place, ahead of image b.
+        assert runner.ran == [first, third, other]
+        assert executor.status(third).result == {"image_id": "a", "round_id": "3"}
+    finally:
+        executor.shutdown(wait=True, timeout=WAIT)
+    assert (second, "superseded") in events
+    assert [state for job_id, state in events if job_id == first][:2] == ["queued", "running"]
+    assert [state for job_id, state in events if job_id == third][-1] == "succeeded"
+
+
+def test_a_failing_job_is_captured_and_the_worker_carries_on(tmp_path):
+    registry_root = tmp_path / "registry"
+    new_registry(registry_root)
+    files = write_project_files(tmp_path / "files", 1, "a")
+    executor = EmbeddedExecutor()
+    try:
+        broken = executor.submit(job("a", image_path=str(tmp_path / "missing.nii.gz"), registry_root=str(registry_root)))
+        working = executor.submit(job(
+            "b", image_path=files["image_path"], proxy_labels_path=files["label_path"],
+            registry_root=str(registry_root), replay_root=str(tmp_path / "replay"), settings={"size": 32},
+        ))
+        failed = executor.wait(broken, WAIT)
+        assert failed.state == JobState.FAILED
+        assert "FileNotFoundError" in failed.error and "missing.nii.gz" in failed.error
+        done = executor.wait(working, WAIT)
+        assert done.state == JobState.SUCCEEDED, done.error
+        assert done.result["version"] == 1 and done.result["steps"] == 5
+        assert (done.step, done.total) == (5, 5)
+    finally:
+        executor.shutdown(timeout=WAIT)
+
+
+def test_progress_of_a_real_job_is_reported_step_by_step(tmp_path):
+    registry_root = tmp_path / "registry"
+    new_registry(registry_root)
+    files = write_project_files(tmp_path / "files", 2, "a")
+    progress = []
+    executor = EmbeddedExecutor(on_change=lambda s: progress.append((str(s.state), s.step)), progress_interval=0.0)
+    try:
+        job_id = executor.submit(job(
+            "a", steps=6, image_path=files["image_path"], proxy_labels_path=files["label_path"],
+            registry_root=str(registry_root), settings={"size": 32},
+        ))
+        assert executor.wait(job_id, WAIT).state == JobState.SUCCEEDED
+    finally:
+        executor.shutdown(timeout=WAIT)
+    running_steps = [step for state, step in progress if state == "running"]
+    assert running_steps == [0, 1, 2, 3, 4, 5, 6]
+    assert progress[0] == ("queued", 0) and progress[-1] == ("succeeded", 6)
+
+
+def test_cancel_a_queued_and_a_running_job():
+    runner = GatedRunner()
+    executor = EmbeddedExecutor(runner)
+    try:
+        running = executor.submit(job("a"))
+        assert runner.started.wait(WAIT)
+        queued = executor.submit(job("b"))
+        assert executor.cancel(queued) is True
+        assert executor.status(queued).state == JobState.CANCELLED
+        assert executor.cancel(running) is True
+        assert executor.wait(running, WAIT).state == JobState.CANCELLED
+        assert executor.cancel(running) is False
+        assert runner.ran == [running]
+        with pytest.raises(UnknownJob):
+            executor.status("no-such-job")
+    finally:
+        executor.shutdown(timeout=WAIT)
+
+
+def test_the_queue_is_bounded_and_shutdown_cancels_what_waits():
+    runner = GatedRunner()
+    executor = EmbeddedExecutor(runner, max_queued=2)
+    running = executor.submit(job("a"))
+    assert runner.started.wait(WAIT)
+    waiting = [executor.submit(job("b")), executor.submit(job("c"))]
+    with pytest.raises(QueueFull):
+        executor.submit(job("d"))
+    executor.submit(job("b", "2"))  # coalescing needs no free slot
+    executor.shutdown(wait=True, timeout=WAIT)
+    assert executor.status(running).state == JobState.CANCELLED
+    assert all(executor.status(j).state.finished for j in waiting)
+    with pytest.raises(RuntimeError, match="shut down"):
+        executor.submit(job("e"))

@@ -1,0 +1,147 @@
+"""Model registry: version numbering, atomic manifest, import checks, the promotion gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from learner.checkpoints import save_checkpoint
+from learner.networks import build_network
+from learner.objective import build_objective
+from learner.preprocess import normalize_intensity, resize_images, resize_labels
+from learner.registry import CheckpointMismatch, ModelRegistry, RegistryError, ValidationCase
+from learner.train import training_step
+from tests.test_online import disc_volume, one_torch_thread, tiny_config  # noqa: F401 (fixture)
+
+SIZE = 32
+
+
+def supervised_disc_model(steps: int = 25):
+    """A tiny network trained with dense labels on one disc volume (deterministic)."""
+    torch.manual_seed(0)
+    model = build_network(tiny_config(2))
+    image, label = disc_volume(21)
+    batch = {
+        "image": resize_images(torch.from_numpy(normalize_intensity(image))[:, None], SIZE, SIZE),
+        "label": resize_labels(torch.from_numpy(label.astype(np.int64)), SIZE, SIZE),
+    }
+    objective = build_objective("full", 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        training_step(model, objective, batch, optimizer)
+    return model.eval()
+
+
+def validation_cases(seeds=(31, 32)) -> list[ValidationCase]:
+    return [ValidationCase(f"case{s}", *disc_volume(s)) for s in seeds]
+
+
+def test_versions_are_numbered_and_the_manifest_is_written_whole(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    assert registry.serving_version() is None and registry.versions() == []
+    v0 = registry.create_initial(tiny_config(2), seed=0)
+    model, config, _ = registry.load(0)
+    v1 = registry.add_candidate(model, config, parent=0, source={"kind": "online", "image_id": "a"})
+    v2 = registry.add_candidate(model, config, parent=1, source={"kind": "online", "image_id": "b"})
+    assert [v0.version, v1.version, v2.version] == [0, 1, 2]
+    assert [r.status for r in registry.versions()] == ["serving", "candidate", "candidate"]
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [r["version"] for r in manifest["versions"]] == [0, 1, 2]
+    assert manifest["versions"][2]["parent"] == 1 and manifest["versions"][2]["source"]["image_id"] == "b"
+    assert not list(tmp_path.rglob(".tmp-*"))  # temp files renamed into place, none left
+    assert sorted(p.name for p in (tmp_path / "versions").iterdir()) == ["v000000.pt", "v000001.pt", "v000002.pt"]
+
+    other = ModelRegistry(tmp_path)  # a second object on the same folder (another thread or process)
+    assert [r.to_dict() for r in other.versions()] == [r.to_dict() for r in registry.versions()]
+    with pytest.raises(RegistryError, match="already holds"):
+        registry.create_initial(tiny_config(2), seed=0)
+
+
+def test_initial_version_is_deterministic_for_a_seed(tmp_path):
+    def weights(folder, seed):
+        registry = ModelRegistry(folder)
+        registry.create_initial(tiny_config(2), seed=seed)
+        return registry.load(0)[0].state_dict()
+
+    a, b, c = weights(tmp_path / "a", 5), weights(tmp_path / "b", 5), weights(tmp_path / "c", 6)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_load_shares_a_cached_model_and_gives_private_copies_for_training(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    registry.create_initial(tiny_config(2), seed=0)
+    shared, _, _ = registry.load(0)
+    assert registry.load(0)[0] is shared
+    private, _, _ = registry.load(0, fresh=True)
+    assert private is not shared
+    with torch.no_grad():
+        next(private.parameters()).add_(1.0)
+    assert not torch.equal(next(private.parameters()), next(shared.parameters()))
+
+
+def test_import_checks_classes_and_channels(tmp_path):
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.create_initial(tiny_config(4), seed=0)
+    wrong = tmp_path / "three-classes.pt"
+    save_checkpoint(wrong, build_network(tiny_config(3)), tiny_config(3), {"size": SIZE})
+    with pytest.raises(CheckpointMismatch, match="num_classes is 3, the project needs 4"):
+        registry.import_checkpoint(wrong)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointMismatch, match="not a readable"):
+        registry.import_checkpoint(garbage)
+    assert [r.version for r in registry.versions()] == [0]
+
+    right = tmp_path / "four-classes.pt"
+    save_checkpoint(right, build_network(tiny_config(4)), tiny_config(4), {"size": SIZE})
+    record = registry.import_checkpoint(right)
+    assert (record.version, record.parent, record.status) == (1, 0, "serving")
+    assert record.source == {"kind": "imported", "file": "four-classes.pt", "metadata": {"size": SIZE}}
+    assert registry.record(0).status == "retired"
+
+    empty = ModelRegistry(tmp_path / "empty")
+    with pytest.raises(CheckpointMismatch, match="in_channels is 1, the project needs 2"):
+        empty.import_checkpoint(right, num_classes=4, in_channels=2)
+    assert empty.import_checkpoint(right, num_classes=4).version == 0  # a warm start
+
+
+def test_gate_promotes_a_better_and_rejects_a_worse_candidate(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    registry.create_initial(tiny_config(2), seed=0)
+    random_model, config, _ = registry.load(0)
+    cases = validation_cases()
+
+    better = registry.add_candidate(supervised_disc_model(), config, parent=0, source={"kind": "online"})
+    decision = registry.promote_or_reject(better.version, cases, tolerance=0.02, size=SIZE)
+    assert decision.promoted and registry.serving_version() == better.version
+    assert decision.candidate_dice > decision.serving_dice + 0.2
+    assert "version 0" in decision.reason
+
+    worse = registry.add_candidate(random_model, config, parent=better.version, source={"kind": "online"})
+    decision = registry.promote_or_reject(worse.version, cases, tolerance=0.02, size=SIZE)
+    assert not decision.promoted
+    assert registry.serving_version() == better.version
+    rejected = registry.record(worse.version)
+    assert rejected.status == "rejected" and rejected.reason == decision.reason
+    assert (tmp_path / "versions" / rejected.checkpoint).exists()  # kept, listed, not served
+
+    curve = {row["version"]: row for row in registry.learning_curve()}
+    assert curve[worse.version]["val_dice"] < curve[better.version]["val_dice"]
+    assert curve[0]["status"] == "retired" and curve[better.version]["status"] == "serving"
+    with pytest.raises(RegistryError, match="not a candidate"):
+        registry.promote_or_reject(worse.version, cases, tolerance=0.02, size=SIZE)
+
+
+def test_gate_without_validation_images_promotes_and_says_so(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    registry.create_initial(tiny_config(2), seed=0)
+    model, config, _ = registry.load(0)
+    candidate = registry.add_candidate(model, config, parent=0, source={"kind": "online"})
+    decision = registry.promote_or_reject(candidate.version, [], tolerance=0.0, size=SIZE)
+    assert decision.promoted and "no validation images" in decision.reason
+    assert registry.serving_version() == candidate.version
