@@ -27,7 +27,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training-time budget in minutes (validation excluded); default 10 without --max-iterations")
     parser.add_argument("--max-iterations", type=int, default=None, help="iteration cap (with or without --minutes)")
     parser.add_argument("--size", type=int, default=None,
-                        help="training slice size (multiple of 16); default: from the data (median extent, at most 256)")
+                        help="training slice size (multiple of 16); default: the data's median in-plane extent, "
+                             "at most 128 on CPU and 256 on CUDA")
     parser.add_argument("--batch", type=int, default=None, help="slices per iteration")
     parser.add_argument("--channels", type=_channels, default=None,
                         help="UNet channels per level, e.g. 16,32,64,128,256 (the default)")

@@ -37,8 +37,10 @@ from learner.scribbles import ScribbleEffort, boundary_effort, simulate_scribble
 from registration.volume import UNLABELLED
 
 OPTIMIZERS = ("sgd", "adamw")
-#: Largest default training size (slices are resized to size x size, a multiple of 16).
-MAX_DEFAULT_SIZE = 256
+#: Largest default training size (slices are resized to size x size, a multiple of 16): on a
+#: CPU, 128 keeps ACDC's resolution loss small (a perfect 128 x 128 prediction resized back
+#: scores 0.994 mean Dice on ACDC val) at a quarter of the cost of 256.
+MAX_DEFAULT_SIZE = {"cpu": 128, "cuda": 256}
 POLY_POWER = 0.9
 
 
@@ -47,7 +49,7 @@ class TrainSettings:
     method: str = "pce"
     minutes: float | None = 10.0  # training-time budget; None = only max_iterations
     max_iterations: int | None = None
-    size: int | None = None  # None = default_size(train cases)
+    size: int | None = None  # None = default_size(train cases), capped per device
     batch_size: int = 8
     optimizer: str = "adamw"
     lr: float | None = None  # None = DEFAULT_LR[optimizer]
@@ -105,7 +107,7 @@ class TrainResult:
         return self.iterations / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
-def default_size(cases: list[Case], cap: int = MAX_DEFAULT_SIZE) -> int:
+def default_size(cases: list[Case], cap: int = MAX_DEFAULT_SIZE["cuda"]) -> int:
     """The median in-plane extent max(y, x), rounded up to a multiple of 16, at most ``cap``."""
     extents = [max(c.image.array.shape[1:]) for c in cases]
     size = int(math.ceil(float(np.median(extents)) / 16.0) * 16)
@@ -238,7 +240,7 @@ def train(settings: TrainSettings, train_cases: list[Case], val_cases: list[Case
     np.random.seed(settings.seed % 2**32)
     device = select_device(settings.device)
     num_classes = settings.num_classes or num_classes_of(train_cases, val_cases)
-    size = settings.size or default_size(train_cases)
+    size = settings.size or default_size(train_cases, MAX_DEFAULT_SIZE.get(device.type, MAX_DEFAULT_SIZE["cpu"]))
     method = settings.method
 
     effort = None

@@ -15,10 +15,12 @@ first, and annotations are dense 2D label maps (h, w) on some of its n slices.
    about as deep as it is wide (``depth_factor`` x its equivalent radius, in slices judged
    by how fast the image changes across slices), not much further than the annotator's
    own spacing (``gap_factor`` x the mean gap), and classes seen shrinking towards the end
-   keep shrinking. Carried probabilities are first reweighted by a per-class intensity
-   model learnt from the annotated pixels, so a class whose appearance is gone fades first.
-5. Key slices are interpolated to every slice and up-sampled to full resolution inside the
-   window where any foreground remains; elsewhere the result is background.
+   keep shrinking.
+5. Key slices are interpolated to every slice, smoothed a little in 3D and up-sampled to
+   full resolution inside the window where any foreground remains (elsewhere the result
+   is background); there, each slice's probabilities are reweighted by a per-class
+   intensity model learnt from the annotated pixels, which pulls borders onto the image's
+   edges and lets a class whose appearance is gone give way.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ class PropagationSettings:
     depth_factor: float = 1.5
     gap_factor: float = 1.0
     min_keep: float = 0.05
-    #: Exponent of the intensity likelihood that reweights carried probabilities (0: off).
-    intensity_weight: float = 0.5
+    #: Exponent of the intensity likelihood that reweights carried probabilities at full
+    #: resolution (0: off).
+    intensity_weight: float = 0.75
     #: Mixing between two annotations: weight = distance weight / (local mean absolute
     #: difference between carried and actual image, over ``agreement_sigma`` pixels, +
     #: ``agreement_floor``).
@@ -278,13 +281,8 @@ def propagate_axis(
             working[:, j] = maps[:-1]
             distance = abs(keys[j] - start)
             fades[j] = math.exp(-((distance / scales[side]) ** 2)) * trends[side] ** distance
-    for j, k in enumerate(keys):
-        if k in labels_by_index:
-            continue
-        if model is not None:
-            working[:, j] = reweight_by_intensity(working[:, j], images[j], model, settings.intensity_weight)
-        if j in fades:  # the structure may have ended: fade after judging the image
-            working[:, j] = _fade_foreground(working[:, j], fades[j])
+    for j, keep in fades.items():
+        working[:, j] = _fade_foreground(working[:, j], keep)
 
     # Every slice of the range: linear mix of its two neighbouring keys.
     key_array = np.asarray(keys)
@@ -307,6 +305,13 @@ def propagate_axis(
         dense = ndimage.gaussian_filter(dense, sigma, mode="nearest", truncate=3.0)
     full_size = (y1 - y0 + pad_y, x1 - x0 + pad_x)
     probabilities = resize_linear(dense, *full_size, rows=rows, cols=cols)
+    if model is not None:  # judge carried labels by the full-resolution image
+        region = image[low : high + 1, y0:y1, x0:x1][:, rows, cols]
+        for offset in range(probabilities.shape[1]):
+            if low + offset not in labels_by_index:
+                probabilities[:, offset] = reweight_by_intensity(
+                    probabilities[:, offset], region[offset], model, settings.intensity_weight
+                )
     for i in annotated:  # the annotation itself, at full resolution
         probabilities[:, i - low] = one_hot(labels_by_index[i][y0:y1, x0:x1][rows, cols], num_classes)
     box = (

@@ -299,3 +299,33 @@ def test_deleting_an_annotated_image_removes_rows_and_files_but_keeps_the_audit_
     assert list(app.state.context.datastore.root.glob("projects/*/images/*")) == []
     events = client.get(f"{API}/admin/audit?image_id={uploaded_image['id']}", headers=admin_headers).json()
     assert [e["action"] for e in events] == ["upload", "session_open", "round", "image_delete"]
+
+
+def test_cold_start_proposes_an_atlas_from_an_accepted_image(
+    client, project, uploaded_image, admin_headers, annotator_headers, volume_and_label, tmp_path
+):
+    """Before any trained model, a new image starts from an accepted earlier volume's labels."""
+    from learner.metrics import dice_per_class
+    from tests.conftest import nifti_file, synthetic_volume
+
+    _, label = volume_and_label
+    # A validation image trains nothing, so the serving model stays the untrained version 0.
+    client.patch(f"{API}/images/{uploaded_image['id']}", json={"is_validation": True}, headers=admin_headers)
+    session = open_session(client, uploaded_image, annotator_headers).json()
+    assert session["prediction_source"] == "model"
+    client.post(f"{API}/sessions/{session['id']}/rounds/labelmap",
+                files={"file": ("truth.nii.gz", io.BytesIO(volume_bytes(volume_and_label[0], array=label)))},
+                headers=annotator_headers)
+    assert client.post(f"{API}/sessions/{session['id']}/accept", headers=annotator_headers).status_code == 200
+
+    volume, second_label = synthetic_volume(seed=11)
+    second = client.post(f"{API}/projects/{project['id']}/images", files=nifti_file(volume),
+                         headers=annotator_headers).json()
+    opened = open_session(client, second, annotator_headers).json()
+    assert opened["prediction_source"] == "atlas" and opened["model_version"] is None
+    prediction = download_volume(client, opened["links"]["prediction"], annotator_headers, tmp_path, "a.nii.gz")
+    dice = dice_per_class(prediction.array.astype(np.int64), second_label.astype(np.int64), 3)
+    assert min(dice.values()) > 0.5, dice
+    round_ = client.post(f"{API}/sessions/{opened['id']}/rounds", json=stroke_round(second_label, 3),
+                         headers=annotator_headers)
+    assert round_.status_code == 201 and round_.json()["prediction_source"] == "atlas"

@@ -108,6 +108,7 @@ def server_env(request, tmp_path):
         SCRIBBLEFLOW_DATA_DIR=str(tmp_path / "data"),
         SCRIBBLEFLOW_MODEL_SIZE="128",
         SCRIBBLEFLOW_ONLINE_STEPS="100",
+        SCRIBBLEFLOW_MODEL_CHANNELS="[8, 16, 32, 64, 128]",
         SCRIBBLEFLOW_VALIDATION_EVERY="0",
         SCRIBBLEFLOW_COMPUTE_THREADS="1",
         SCRIBBLEFLOW_LOG_LEVEL="warning",

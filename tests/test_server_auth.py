@@ -88,3 +88,21 @@ def test_annotator_token_works_for_annotation_endpoints(app, client, project):
     headers = {"Authorization": f"Bearer {make_token(app, 'annotator', 'frank')}"}
     assert client.get(f"/api/v1/projects/{project['id']}", headers=headers).status_code == 200
     assert client.get(f"/api/v1/projects/{project['id']}/models", headers=headers).status_code == 200
+
+
+def test_every_endpoint_but_health_needs_a_token(app, client):
+    """Walk the OpenAPI description: each operation without a token is 401 (bodies never parsed)."""
+    schema = client.get("/openapi.json").json()
+    checked = 0
+    for path, operations in schema["paths"].items():
+        concrete = path.replace("{version}", "0").replace("{name}", "segmentation")
+        for part in ("project_id", "image_id", "session_id", "round_id", "job_id", "token_id"):
+            concrete = concrete.replace("{" + part + "}", "1")
+        for method in operations:
+            response = client.request(method.upper(), concrete)
+            if path.endswith("/health"):
+                assert response.status_code == 200
+                continue
+            assert response.status_code == 401, (method, path, response.status_code)
+            checked += 1
+    assert checked >= 30

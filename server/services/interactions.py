@@ -183,14 +183,15 @@ def labelmap_input(array: np.ndarray, geometry: Volume, num_classes: int) -> Pai
 
 
 def count_strokes(seeds: np.ndarray) -> int:
-    """Connected components per label per z-slice: what a user would have drawn as strokes."""
+    """8-connected components per label per z-slice: what a user would have drawn as strokes."""
     from scipy import ndimage
 
+    eight_connected = np.ones((3, 3), dtype=bool)  # a one-pixel diagonal line is one stroke
     total = 0
     for z in np.flatnonzero(np.any(seeds != UNLABELLED, axis=(1, 2))):
         plane = seeds[z]
         for label in np.unique(plane[plane != UNLABELLED]):
-            _, count = ndimage.label(plane == label)
+            _, count = ndimage.label(plane == label, structure=eight_connected)
             total += int(count)
     return total
 

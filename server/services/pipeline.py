@@ -82,13 +82,14 @@ def opening_suggestion(uncertainty: np.ndarray):
     return suggest_next_interaction(uncertainty)
 
 
-def atlas_probabilities(
-    atlas_image: np.ndarray, atlas_labels: np.ndarray, image_zyx: np.ndarray, num_classes: int
-) -> np.ndarray:
+def atlas_probabilities(atlas: Volume, atlas_labels: np.ndarray, image: Volume, num_classes: int) -> np.ndarray:
     """Cold start: an accepted earlier volume's labels carried onto this one (C, z, y, x)."""
     from registration.atlas import propagate_from_atlas
 
-    proxy = propagate_from_atlas(atlas_image, atlas_labels, image_zyx, num_classes)
+    proxy = propagate_from_atlas(
+        atlas.array, atlas_labels, image.array, num_classes,
+        atlas_spacing_zyx=atlas.spacing_zyx, spacing_zyx=image.spacing_zyx,
+    )
     return np.asarray(proxy.probabilities, dtype=np.float32)
 
 

@@ -198,11 +198,11 @@ def _predict(
             atlas_labels = ctx.datastore.read_volume(atlas.accepted_path).array
             with ctx.compute():
                 probabilities = pipeline.atlas_probabilities(
-                    atlas_volume.array, atlas_labels, volume.array, len(project.labels)
+                    atlas_volume, atlas_labels.astype(np.int64), volume, len(project.labels)
                 )
             return Prediction("atlas", None, probabilities)
-        except ImportError:
-            log.warning("registration.atlas is not available: cold start uses the initial model")
+        except (RuntimeError, ValueError) as exc:  # registration failed: fall back to the model
+            log.warning("atlas proposal for image %d failed (%s): using the serving model", image.id, exc)
     version, probabilities = ctx.hub.predict(project.id, image.id, volume.array, size)
     return Prediction("model", version, probabilities)
 

@@ -9,7 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from server.storage.db import Base, UTCDateTime, utcnow
@@ -59,7 +69,7 @@ class Image(Base):
     origin_xyz: Mapped[list[float]] = mapped_column(JSON)
     direction: Mapped[list[float]] = mapped_column(JSON)
     path: Mapped[str] = mapped_column(String(500))  # relative to the data directory
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(200))
     accepted_round_id: Mapped[int | None] = mapped_column(Integer)

@@ -1,0 +1,53 @@
+"""Dense 2D labels from strokes on a simple two-region image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from registration.dense2d import densify_slice
+from registration.volume import UNLABELLED
+
+
+def _image_and_truth():
+    truth = np.zeros((40, 50), dtype=np.int64)
+    yy, xx = np.mgrid[:40, :50]
+    truth[((yy - 20) / 11.0) ** 2 + ((xx - 24) / 15.0) ** 2 <= 1.0] = 1
+    image = np.where(truth > 0, 0.8, 0.2) + np.random.default_rng(0).normal(0, 0.03, truth.shape)
+    return image.astype(np.float32), truth
+
+
+def _dice(a, b):
+    return 2.0 * np.count_nonzero((a == 1) & (b == 1)) / (np.count_nonzero(a == 1) + np.count_nonzero(b == 1))
+
+
+def test_two_regions_from_two_strokes():
+    image, truth = _image_and_truth()
+    seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    seeds[20, 16:32] = 1  # a stroke inside the region
+    seeds[3, 5:45] = 0  # a background stroke
+    labels = densify_slice(image, seeds, 2)
+    assert labels.shape == truth.shape and labels.dtype == np.int64
+    assert _dice(labels, truth) > 0.95
+    assert (labels[seeds != UNLABELLED] == seeds[seeds != UNLABELLED]).all()
+
+
+def test_without_background_seeds_the_border_is_background():
+    image, truth = _image_and_truth()
+    seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    seeds[20, 24] = 1  # a single click
+    assert _dice(densify_slice(image, seeds, 2), truth) > 0.95
+
+
+def test_model_probabilities_guide_a_flat_image():
+    truth = np.zeros((30, 30), dtype=np.int64)
+    truth[:, 15:] = 1
+    image = np.full(truth.shape, 0.5, dtype=np.float32)  # no edge in the image at all
+    seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    seeds[15, 2] = 0
+    seeds[15, 27] = 1
+    model = np.stack([1.0 - truth, truth]).astype(np.float32)
+    labels = densify_slice(image, seeds, 2, probabilities_cyx=model)
+    assert (labels == truth).mean() > 0.95
+    with pytest.raises(ValueError):
+        densify_slice(image, np.full(truth.shape, UNLABELLED, dtype=np.uint8), 2)

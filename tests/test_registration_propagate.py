@@ -1,0 +1,137 @@
+"""Slice propagation on synthetic volumes with a known answer (real SimpleITK, real arrays)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from registration.bench import choose_slices
+from registration.propagate import SliceAnnotation, labels_from_probabilities, propagate_to_volume
+from registration.resample import warp_bilinear
+from registration.slice_registration import DemonsSettings, register_slice_pairs
+from registration.synthetic import synthetic_volume
+from registration.volume import UNLABELLED
+
+
+def dice(a: np.ndarray, b: np.ndarray, cls: int) -> float:
+    pa, pb = a == cls, b == cls
+    return 2.0 * np.count_nonzero(pa & pb) / max(1, np.count_nonzero(pa) + np.count_nonzero(pb))
+
+
+def annotate(labels: np.ndarray, axis: int, slices) -> list[SliceAnnotation]:
+    return [SliceAnnotation(axis, i, np.take(labels, i, axis=axis).astype(np.uint8)) for i in slices]
+
+
+@pytest.fixture(scope="module")
+def moving_shape():
+    return synthetic_volume((30, 64, 56), num_classes=4, seed=0)
+
+
+def test_moving_deforming_shape_is_recovered(moving_shape):
+    slices = choose_slices(moving_shape.labels, 3, axis=0)
+    proxy = propagate_to_volume(moving_shape.image, annotate(moving_shape.labels, 0, slices), 4)
+    assert proxy.labels.shape == moving_shape.labels.shape and proxy.labels.dtype == np.uint8
+    assert proxy.probabilities.shape == (4,) + moving_shape.labels.shape
+    np.testing.assert_allclose(proxy.probabilities.sum(axis=0), 1.0, atol=1e-4)
+    for cls in (1, 2, 3):
+        assert dice(proxy.labels, moving_shape.labels, cls) >= 0.95
+    # Registration matters: copying the nearest annotation is clearly worse.
+    nearest = np.stack([moving_shape.labels[min(slices, key=lambda s: abs(s - z))] for z in range(30)])
+    assert np.mean([dice(nearest, moving_shape.labels, c) for c in (1, 2, 3)]) < np.mean(
+        [dice(proxy.labels, moving_shape.labels, c) for c in (1, 2, 3)]
+    ) - 0.05
+
+
+def test_confidence_is_one_over_one_plus_distance(moving_shape):
+    proxy = propagate_to_volume(moving_shape.image, annotate(moving_shape.labels, 0, [10, 16]), 4)
+    per_slice = proxy.confidence.reshape(30, -1)
+    assert np.all(per_slice.min(axis=1) == per_slice.max(axis=1))
+    expected = [1.0 / (1.0 + min(abs(z - 10), abs(z - 16))) for z in range(30)]
+    np.testing.assert_allclose(per_slice[:, 0], expected, rtol=1e-6)
+
+
+def test_structure_absent_from_end_slices_stays_absent():
+    volume = synthetic_volume((40, 48, 48), num_classes=3, seed=3, extent=0.3)
+    first, last = volume.present
+    slices = choose_slices(volume.labels, 3, axis=0)
+    proxy = propagate_to_volume(volume.image, annotate(volume.labels, 0, slices), 3)
+    assert not proxy.labels[: max(0, first - 2)].any()
+    assert not proxy.labels[last + 3 :].any()
+    # An end slice annotated as background stops the structure there and beyond.
+    with_end = annotate(volume.labels, 0, slices) + [SliceAnnotation(0, last + 1, np.zeros((48, 48), np.uint8))]
+    proxy = propagate_to_volume(volume.image, with_end, 3)
+    assert not proxy.labels[last + 1 :].any()
+    assert dice(proxy.labels, volume.labels, 1) > 0.9
+
+
+def test_axis_convention_on_a_non_cubic_volume():
+    """A box in a (12, 20, 28) volume, annotated along each axis, lands on the right voxels."""
+    shape = (12, 20, 28)
+    truth = np.zeros(shape, dtype=np.uint8)
+    truth[3:9, 5:12, 8:22] = 1
+    image = np.where(truth > 0, 0.9, 0.2).astype(np.float32)
+    image += np.random.default_rng(0).normal(0, 0.01, shape).astype(np.float32)
+    for axis, index in ((0, 5), (1, 8), (2, 15)):
+        labels = np.take(truth, index, axis=axis)
+        assert labels.shape == tuple(s for i, s in enumerate(shape) if i != axis)
+        proxy = propagate_to_volume(image, [SliceAnnotation(axis, index, labels)], 2)
+        np.testing.assert_array_equal(np.take(proxy.labels, index, axis=axis), labels)
+        np.testing.assert_array_equal(np.take(proxy.confidence, index, axis=axis), 1.0)
+        predicted = proxy.labels > 0
+        assert np.count_nonzero(predicted & (truth > 0)) / np.count_nonzero(predicted) > 0.95, axis
+        near = [slice(None)] * 3
+        near[axis] = slice(index - 2, index + 3)
+        assert dice(proxy.labels[tuple(near)], truth[tuple(near)], 1) > 0.95, axis
+        # Confidence varies only along the annotated axis.
+        assert np.ptp(np.take(proxy.confidence, 0, axis=(axis + 1) % 3)) > 0
+    with pytest.raises(ValueError):  # a (y, x)-shaped slice given for axis 1
+        propagate_to_volume(image, [SliceAnnotation(1, 3, np.zeros((20, 28), np.uint8))], 2)
+
+
+def test_annotations_on_two_axes_combine():
+    shape = (16, 24, 20)
+    truth = np.zeros(shape, dtype=np.uint8)
+    truth[4:12, 6:18, 5:15] = 1
+    image = np.where(truth > 0, 0.8, 0.3).astype(np.float32)
+    annotations = [SliceAnnotation(0, 8, truth[8]), SliceAnnotation(2, 10, truth[:, :, 10])]
+    proxy = propagate_to_volume(image, annotations, 2)
+    np.testing.assert_array_equal(proxy.labels[8], truth[8])
+    np.testing.assert_array_equal(proxy.labels[:, :, 10], truth[:, :, 10])
+    assert dice(proxy.labels, truth, 1) > 0.9
+    # Confidence: the larger of the two axes' 1 / (1 + distance).
+    assert proxy.confidence[0, 0, 0] == pytest.approx(max(1 / (1 + 8), 1 / (1 + 10)))
+    assert proxy.confidence[7, 3, 9] == pytest.approx(max(1 / 2, 1 / 2))
+
+
+def test_partial_annotation_user_input_wins_and_no_input_is_background():
+    shape = (10, 16, 16)
+    image = np.random.default_rng(1).random(shape).astype(np.float32)
+    empty = propagate_to_volume(image, [], 3)
+    assert not empty.labels.any() and not empty.confidence.any()
+    labels = np.full((16, 16), UNLABELLED, dtype=np.uint8)
+    labels[4:8, 4:8] = 2
+    labels[0, :] = 0
+    proxy = propagate_to_volume(image, [SliceAnnotation(0, 5, labels)], 3)
+    assert (proxy.labels[5, 4:8, 4:8] == 2).all() and (proxy.labels[5, 0] == 0).all()
+    np.testing.assert_array_equal(proxy.probabilities[:, 5, 4, 4], [0, 0, 1])
+
+
+def test_labels_keep_thin_structures_between_two_others():
+    probabilities = np.array([[0.4, 0.6], [0.35, 0.1], [0.25, 0.3]], dtype=np.float32)  # (C=3, 2 voxels)
+    np.testing.assert_array_equal(labels_from_probabilities(probabilities), [1, 0])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "simpleitk"])
+def test_slice_registration_recovers_a_shift(backend):
+    yy, xx = np.mgrid[:48, :48]
+    moving = (((yy - 22) ** 2 + (xx - 22) ** 2) < 10**2).astype(np.float32)
+    fixed = (((yy - 25) ** 2 + (xx - 26) ** 2) < 10**2).astype(np.float32)
+    from scipy import ndimage
+
+    moving, fixed = ndimage.gaussian_filter(moving, 1.5), ndimage.gaussian_filter(fixed, 1.5)
+    field = register_slice_pairs(fixed[None], moving[None], DemonsSettings(backend=backend, iterations=(30, 20)))[0]
+    # Inside the disc the field points from the fixed disc back to the moving one.
+    assert field[0, 25, 26] == pytest.approx(-3.0, abs=1.0)
+    assert field[1, 25, 26] == pytest.approx(-4.0, abs=1.0)
+    warped = warp_bilinear(moving[None], field)[0]
+    assert np.abs(warped - fixed).mean() < 0.25 * np.abs(moving - fixed).mean()
