@@ -231,9 +231,10 @@ def propagate_axis(
     images = shrink_mean(roi_stack, carry_factor)  # (K, h', w') on the carry grid
     seeds = {i: shrink_mean(one_hot(roi(labels_by_index[i]), num_classes), carry_factor) for i in annotated}
     model = None
-    if settings.intensity_weight > 0:
+    if settings.intensity_weight > 0:  # from the annotated pixels of the ROI, full resolution
         model = class_intensity_model(
-            images[[pos[i] for i in annotated]], np.stack([seeds[i] for i in annotated], axis=1)
+            image[annotated, y0:y1, x0:x1],
+            np.stack([one_hot(labels_by_index[i][y0:y1, x0:x1], num_classes) for i in annotated], axis=1),
         )
 
     # Register each neighbouring key pair in the direction(s) labels will travel.

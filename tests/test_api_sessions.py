@@ -196,53 +196,90 @@ def test_training_job_produces_a_new_served_version(client, uploaded_image, anno
     assert round_2["model_version"] == 1
 
 
-def test_labelmap_round_and_its_bad_inputs(app, client, uploaded_image, annotator_headers, volume_and_label):
-    volume, label = volume_and_label
-    session = open_session(client, uploaded_image, annotator_headers).json()
-    url = f"{API}/sessions/{session['id']}/rounds/labelmap"
+@pytest.fixture
+def open_session_id(client, uploaded_image, annotator_headers) -> int:
+    response = open_session(client, uploaded_image, annotator_headers)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def send_labelmap(client, session_id, headers, array, geometry):
+    from registration.volume import Volume
+
+    target = Volume(array, geometry.spacing_xyz, geometry.origin_xyz, geometry.direction)
+    return client.post(f"{API}/sessions/{session_id}/rounds/labelmap",
+                       files={"file": ("scribble.nii.gz", io.BytesIO(volume_bytes(target)))}, headers=headers)
+
+
+def scribble_labelmap(label):
     scribble = np.full(label.shape, UNLABELLED, dtype=np.uint8)
     scribble[3][label[3] == 1] = 1
     scribble[3, :2, :] = 0
+    return scribble
 
-    def send(array, name="scribble.nii.gz", geometry=volume):
-        from registration.volume import Volume
 
-        target = Volume(array, geometry.spacing_xyz, geometry.origin_xyz, geometry.direction)
-        return client.post(url, files={"file": (name, io.BytesIO(volume_bytes(target)))}, headers=annotator_headers)
-
-    wrong_shape = send(scribble[:, :, :-2])
-    assert wrong_shape.status_code == 400 and "size" in wrong_shape.json()["detail"]
-    out_of_range = scribble.copy()
-    out_of_range[0, 0, 0] = 9
-    response = send(out_of_range)
-    assert response.status_code == 400 and "out of range" in response.json()["detail"]
-    assert client.get(f"{API}/images/{uploaded_image['id']}/rounds", headers=annotator_headers).json() == []
+def assert_no_round_stored(app, client, image, headers):
+    assert client.get(f"{API}/images/{image['id']}/rounds", headers=headers).json() == []
     assert list(app.state.context.datastore.root.glob("projects/*/images/*/rounds/*")) == []
 
-    response = send(scribble)
+
+def test_labelmap_round(client, open_session_id, annotator_headers, volume_and_label):
+    volume, label = volume_and_label
+    scribble = scribble_labelmap(label)
+    response = send_labelmap(client, open_session_id, annotator_headers, scribble, volume)
     assert response.status_code == 201, response.text
     round_ = response.json()
     assert round_["kind"] == "labelmap" and round_["effort"]["voxels"] == int((scribble != UNLABELLED).sum())
+    assert round_["effort"]["slices_touched"] == 1
 
 
-def test_bad_round_inputs_are_rejected_and_nothing_is_stored(app, client, uploaded_image, annotator_headers):
-    session = open_session(client, uploaded_image, annotator_headers).json()
-    url = f"{API}/sessions/{session['id']}/rounds"
-    cases = [
-        ({"scribbles": [{"points": [[100, 1, 1]], "label": 1}]}, 400, "outside the volume"),
-        ({"clicks": [{"point": [1, 1, -1], "label": 1}]}, 400, "outside the volume"),
-        ({"scribbles": [{"points": [[1, 1, 1]], "label": 3}]}, 400, "out of range"),
-        ({"scribbles": [{"points": [], "label": 1}]}, 422, "empty stroke"),
-        ({}, 400, "empty round"),
-        ({"scribbles": [{"points": [[1, 1]], "label": 1}]}, 422, "points"),
-    ]
-    for body, status, words in cases:
-        response = client.post(url, json=body, headers=annotator_headers)
-        assert response.status_code == status, (body, response.text)
-        assert words in response.json()["detail"], response.json()
-    assert client.get(f"{API}/images/{uploaded_image['id']}/rounds", headers=annotator_headers).json() == []
-    assert list(app.state.context.datastore.root.glob("projects/*/images/*/rounds/*")) == []
-    response = client.post(f"{API}/sessions/{session['id']}/undo", headers=annotator_headers)
+def test_labelmap_of_another_shape_is_rejected(
+    app, client, uploaded_image, open_session_id, annotator_headers, volume_and_label
+):
+    volume, label = volume_and_label
+    response = send_labelmap(client, open_session_id, annotator_headers, scribble_labelmap(label)[:, :, :-2], volume)
+    assert response.status_code == 400 and "size" in response.json()["detail"]
+    assert_no_round_stored(app, client, uploaded_image, annotator_headers)
+
+
+def test_labelmap_label_out_of_range_is_rejected(
+    app, client, uploaded_image, open_session_id, annotator_headers, volume_and_label
+):
+    volume, label = volume_and_label
+    scribble = scribble_labelmap(label)
+    scribble[0, 0, 0] = 9
+    response = send_labelmap(client, open_session_id, annotator_headers, scribble, volume)
+    assert response.status_code == 400 and "out of range" in response.json()["detail"]
+    assert_no_round_stored(app, client, uploaded_image, annotator_headers)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        pytest.param({"scribbles": [{"points": [[100, 1, 1]], "label": 1}]}, 400, "outside the volume",
+                     id="stroke-point-outside"),
+        pytest.param({"clicks": [{"point": [1, 1, -1], "label": 1}]}, 400, "outside the volume",
+                     id="click-point-outside"),
+        pytest.param({"clicks": [{"point": [0, 0, 1e4], "space": "physical", "label": 1}]}, 400,
+                     "outside the volume", id="physical-point-outside"),
+        pytest.param({"scribbles": [{"points": [[1, 1, 1]], "label": 3}]}, 400, "out of range",
+                     id="label-out-of-range"),
+        pytest.param({"scribbles": [{"points": [], "label": 1}]}, 422, "empty stroke", id="empty-stroke"),
+        pytest.param({}, 400, "empty round", id="empty-round"),
+        pytest.param({"scribbles": [{"points": [[1, 1]], "label": 1}]}, 422, "points", id="2d-point"),
+    ],
+)
+def test_bad_round_input_is_rejected_and_nothing_is_stored(
+    app, client, uploaded_image, open_session_id, annotator_headers, body, status, words
+):
+    response = client.post(f"{API}/sessions/{open_session_id}/rounds", json=body, headers=annotator_headers)
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"], response.json()
+    assert_no_round_stored(app, client, uploaded_image, annotator_headers)
+
+
+def test_undo_without_rounds_is_a_conflict(client, open_session_id, annotator_headers):
+    response = client.post(f"{API}/sessions/{open_session_id}/undo", headers=annotator_headers)
     assert response.status_code == 409 and "nothing to undo" in response.json()["detail"]
 
 
