@@ -138,7 +138,7 @@ def test_end_to_end_over_http_with_restart(server_env, tmp_path):
 
     token = subprocess.run(
         [sys.executable, "-m", "server.cli", "token", "create", "--role", "admin", "--owner", "alice"],
-        env=server_env, capture_output=True, text=True, check=True, timeout=120,
+        env=server_env, capture_output=True, encoding="utf-8", errors="replace", check=True, timeout=120,
     ).stdout.strip()
     server = ServerProcess(server_env, tmp_path / "server.log")
     server.start()
@@ -149,7 +149,7 @@ def test_end_to_end_over_http_with_restart(server_env, tmp_path):
             uploaded = subprocess.run(
                 [sys.executable, "-m", "clients.cli", "--url", server.url, "--token", token,
                  "upload", "--project", str(project.id), str(upload_dir)],
-                capture_output=True, text=True, check=True, timeout=300,
+                capture_output=True, encoding="utf-8", errors="replace", check=True, timeout=300,
             )
             assert "uploading 3 file(s)" in uploaded.stderr
             listed = {Path(u["file"]).name: u["image_id"] for u in json.loads(uploaded.stdout)}

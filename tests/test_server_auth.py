@@ -75,7 +75,7 @@ def test_token_command_prints_only_the_token(tmp_path, app, client):
     env = {"SCRIBBLEFLOW_DATA_DIR": str(data_dir), "SCRIBBLEFLOW_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
         [sys.executable, "-m", "server.cli", "token", "create", "--role", "admin", "--owner", "erin"],
-        capture_output=True, text=True, env=env, timeout=120, check=True,
+        capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=120, check=True,
     )
     lines = result.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith("sf_")
