@@ -10,6 +10,7 @@ the end; every test gets its own schema in it, dropped after the test.
 from __future__ import annotations
 
 import io
+import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,8 @@ def postgres_database():
 
     user = _postgres_user()
     if user is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL must be reachable in CI on {POSTGRES_HOST}:{POSTGRES_PORT}")
         pytest.skip(f"PostgreSQL is not reachable on {POSTGRES_HOST}:{POSTGRES_PORT} (database {POSTGRES_MAINTENANCE_DB!r})")
     name = f"scribbleflow_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(host=POSTGRES_HOST, port=POSTGRES_PORT, user=user, dbname=POSTGRES_MAINTENANCE_DB,
