@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-# (top-level command, module that registers it)
+# Modules whose register(subparsers, bench_subparsers) adds their commands.
 _COMMAND_MODULES: tuple[str, ...] = (
     "server.commands",  # serve, token
     "learner.commands",  # train, bench offline
@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = subparsers.add_parser("bench", help="benchmarks that write JSON results")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # component not installed in this build
-        module.register(subparsers, bench_sub)
+        importlib.import_module(module_name).register(subparsers, bench_sub)
     return parser
 
 
