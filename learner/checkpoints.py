@@ -10,13 +10,13 @@ stores ``size`` (the training slice size that ``predict_volume`` needs), ``num_c
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from learner.device import select_device
 from learner.networks import NetworkConfig, build_network
+from registration.atomic import atomic_target
 
 CHECKPOINT_FORMAT = 1
 
@@ -27,14 +27,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: Net
     target.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "state_dict": state, "metadata": dict(metadata)}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_target(target) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 

@@ -34,7 +34,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -44,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from registration.atomic import write_json_atomic
 
 VERSION_STATUSES = ("serving", "retired", "candidate", "rejected")
 _MANIFEST = "manifest.json"
@@ -100,19 +101,6 @@ class GateDecision:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def validation_key(cases: Sequence[ValidationCase], size: int) -> str:
@@ -196,7 +184,7 @@ class ModelRegistry:
         return [VersionRecord(**record) for record in payload["versions"]]
 
     def _write(self, records: list[VersionRecord]) -> None:
-        _write_json_atomic(
+        write_json_atomic(
             self.root / _MANIFEST,
             {"format": _MANIFEST_FORMAT, "versions": [r.to_dict() for r in records]},
         )

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from registration.atomic import open_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -95,36 +96,15 @@ def _file_stem(image_id: str) -> str:
     return hashlib.sha256(image_id.encode("utf-8")).hexdigest()[:16]
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_npz_atomic(path: Path, slices: SoftSlices) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f,
-                images=slices.images.astype(np.float32),
-                # Probabilities and weights lose nothing that matters in float16.
-                targets=slices.targets.astype(np.float16),
-                weights=slices.weights.astype(np.float16),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_atomic(path) as f:
+        np.savez_compressed(
+            f,
+            images=slices.images.astype(np.float32),
+            # Probabilities and weights lose nothing that matters in float16.
+            targets=slices.targets.astype(np.float16),
+            weights=slices.weights.astype(np.float16),
+        )
 
 
 class ReplayBuffer:
@@ -169,7 +149,7 @@ class ReplayBuffer:
         return present, int(payload.get("images_seen", len(present)))
 
     def _write_index(self) -> None:
-        _write_json_atomic(
+        write_json_atomic(
             self.root / _INDEX_NAME,
             {
                 "format": _INDEX_FORMAT,

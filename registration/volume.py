@@ -13,12 +13,13 @@ in the original physical space.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from registration.atomic import atomic_target
 
 #: Value of a voxel that carries no user label in a scribble/annotation volume.
 UNLABELLED = 255
@@ -97,14 +98,6 @@ def read_volume(path: str | os.PathLike) -> Volume:
 def write_volume_atomic(volume: Volume, path: str | os.PathLike, array: np.ndarray | None = None) -> Path:
     """Write ``array`` (default: the volume's) with the volume's geometry; temp file + rename."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(target.suffixes) or ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_target(target, suffix="".join(target.suffixes) or ".nii.gz") as tmp:
         sitk.WriteImage(volume.to_sitk(array), tmp, useCompression=True)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target

@@ -11,12 +11,12 @@ NaN (an undefined HD95) is written as null.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
+
+from registration.atomic import write_json_atomic
 
 
 def _json_safe(value):
@@ -29,19 +29,8 @@ def _json_safe(value):
     return value
 
 
-def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(data), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+def write_report_json(data: dict, path: str | os.PathLike) -> Path:
+    return write_json_atomic(path, _json_safe(data), indent=2, sort_keys=False, allow_nan=False)
 
 
 def run_training(settings, train_dir: str, val_dir: str, test_dir: str | None, threads: int | None = None) -> dict:
@@ -99,5 +88,5 @@ def run_offline_benchmark(args) -> dict:
     settings = settings_from_args(args)
     settings.checkpoint = args.checkpoint or str(Path(args.out).with_suffix(".pt"))
     report = run_training(settings, args.train, args.val, args.test, threads=args.threads)
-    write_json_atomic(report, args.out)
+    write_report_json(report, args.out)
     return report

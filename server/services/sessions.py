@@ -26,6 +26,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registration.atomic import open_atomic
 from registration.volume import Volume
 from server import schemas
 from server.auth import Principal
@@ -521,19 +522,8 @@ def _suggestion_json(suggestion, geometry: Volume) -> dict | None:
 
 
 def _write_npz(path: Path, probabilities: np.ndarray) -> None:
-    import os
-    import tempfile
-
-    if path.exists():
-        raise FileExistsError(f"refusing to overwrite {path}")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, probabilities=probabilities.astype(np.float16))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_atomic(path, overwrite=False) as handle:
+        np.savez_compressed(handle, probabilities=probabilities.astype(np.float16))
 
 
 def round_links(row: Round) -> dict[str, str]:

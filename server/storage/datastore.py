@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from registration.atomic import write_json_atomic
 from registration.volume import Volume, read_volume, write_volume_atomic
 
 
@@ -85,20 +86,7 @@ class DataStore:
 
     @staticmethod
     def write_json(path: Path, payload: Any) -> Path:
-        if path.exists():
-            raise FileExistsError(f"refusing to overwrite {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(payload, handle, indent=1, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_json_atomic(path, payload, overwrite=False)
 
     # --- reads ------------------------------------------------------------------------------
 
