@@ -28,8 +28,12 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from inside the body stream; an HTTPException so that FastAPI's body parsing
+    passes it on as a 413 instead of turning it into a generic 400."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(status_code=413, detail=message)
 
 
 class BodySizeLimitMiddleware:
@@ -58,7 +62,7 @@ class BodySizeLimitMiddleware:
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(message)
             return event
 
         async def tracking_send(event) -> None:

@@ -141,3 +141,55 @@ def test_invalid_project_requests(client, admin_headers, project):
                             headers=admin_headers)
     assert_problem(response, 400, "no_such_knob")
 
+
+
+def test_nrrd_or_mha_pointing_at_another_server_file_is_rejected(app, client, project, annotator_headers, tmp_path):
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(b"TOPSECRET" * 16)
+    nrrd = (b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 4 9\nencoding: raw\n"
+            + f"data file: {secret}\n\n".encode())
+    response = _upload(client, project["id"], annotator_headers, "scan.nrrd", nrrd)
+    assert_problem(response, 400, "data file")
+    mha = ("ObjectType = Image\nNDims = 3\nComment = ElementDataFile = LOCAL\nDimSize = 4 4 9\n"
+           f"ElementType = MET_UCHAR\nElementDataFile = {secret}\n").encode()
+    response = _upload(client, project["id"], annotator_headers, "scan.mha", mha)
+    assert_problem(response, 400, "ElementDataFile = LOCAL")
+    assert_nothing_stored(app)
+
+
+def test_nifti_with_an_invalid_data_offset_is_rejected(app, client, project, annotator_headers):
+    import struct
+
+    volume, _ = synthetic_volume((6, 32, 32))
+    content = bytearray(volume_bytes(volume, ".nii"))
+    content[108:112] = struct.pack("<f", float("nan"))
+    response = _upload(client, project["id"], annotator_headers, "scan.nii", bytes(content))
+    assert_problem(response, 400, "nifti")
+    assert_nothing_stored(app)
+
+
+def test_streamed_upload_over_the_size_limit_without_content_length(app, client, project, annotator_headers):
+    limit = app.state.context.settings.max_upload_bytes
+    boundary = "scribbleflowboundary"
+
+    def body():  # a generator: httpx sends it chunked, with no Content-Length header
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"huge.nii\"\r\n"
+               "Content-Type: application/octet-stream\r\n\r\n").encode()
+        for _ in range(limit // 65536 + 2):
+            yield b"\x00" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    headers = {**annotator_headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    response = client.post(f"/api/v1/projects/{project['id']}/images", content=body(), headers=headers)
+    assert_problem(response, 413, "larger than", "limit")
+    assert_nothing_stored(app)
+
+
+def test_physical_point_mapping_to_an_infinite_index_is_outside_the_volume():
+    from registration.volume import Volume
+    from server.errors import BadInput
+    from server.services.interactions import to_zyx
+
+    geometry = Volume(np.zeros((4, 5, 6), dtype=np.float32), spacing_xyz=(0.5, 0.5, 0.5))
+    with pytest.raises(BadInput, match="outside the volume"):
+        to_zyx((1.7e308, 0.0, 0.0), "physical", geometry, "click 1")

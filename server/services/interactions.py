@@ -41,10 +41,13 @@ def to_zyx(point: schemas.Point3, space: str, geometry: Volume, what: str) -> tu
     """An API point to an array index (z, y, x), checked against the volume's bounds."""
     if not all(math.isfinite(float(c)) for c in point):
         raise BadInput(f"{what}: point {list(point)} is not finite")
-    if space == "physical":
-        zyx = geometry.physical_to_zyx(point)
-    else:
-        zyx = geometry.index_to_zyx(point)
+    try:
+        if space == "physical":
+            zyx = geometry.physical_to_zyx(point)
+        else:
+            zyx = geometry.index_to_zyx(point)
+    except (OverflowError, ValueError):  # a finite point can still map to an infinite index
+        raise BadInput(f"{what}: point {list(point)} is outside the volume") from None
     shape = geometry.shape_zyx
     if not all(0 <= c < s for c, s in zip(zyx, shape, strict=True)):
         size_ijk = [shape[2], shape[1], shape[0]]

@@ -10,6 +10,7 @@ header contents).
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import tempfile
 import zipfile
@@ -67,7 +68,7 @@ def read_upload(path: Path, filename: str, max_bytes: int) -> ConvertedUpload:
         _check_nifti(path, max_bytes)
         image = _read_sitk(path, ".nii.gz" if _is_gzip(path) else ".nii", "NIfTI")
     elif fmt == "nrrd":
-        _check_magic(path, b"NRRD", "NRRD")
+        _check_nrrd(path)
         image = _read_sitk(path, ".nrrd", "NRRD")
     elif fmt == "mha":
         _check_metaimage(path)
@@ -119,12 +120,37 @@ def _check_magic(path: Path, magic: bytes, label: str) -> None:
             raise BadInput(f"the file is not a {label} file (wrong header)")
 
 
-def _check_metaimage(path: Path) -> None:
+def _header_lines(path: Path, limit: int = 65536) -> list[str]:
     with path.open("rb") as handle:
-        head = handle.read(4096)
-    if b"NDims" not in head or b"ElementDataFile" not in head:
+        head = handle.read(limit)
+    return head.decode("latin-1").splitlines()
+
+
+def _check_nrrd(path: Path) -> None:
+    """An attached NRRD: its header must not point the reader at another file on the server."""
+    _check_magic(path, b"NRRD", "NRRD")
+    for line in _header_lines(path)[1:]:
+        if not line.strip():
+            return  # end of the header
+        key = line.split(":", 1)[0].strip().lower()
+        if key in ("data file", "datafile"):
+            raise BadInput("an .nrrd upload must hold its pixel data (no 'data file' field)")
+    raise BadInput("the NRRD header has no end (truncated file?)")
+
+
+def _check_metaimage(path: Path) -> None:
+    """A MetaImage whose pixel data is in the file itself (ElementDataFile = LOCAL)."""
+    fields: dict[str, str] = {}
+    for line in _header_lines(path):
+        key, sep, value = line.partition("=")
+        if not sep:
+            break
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            break  # the last header field; pixel data follows
+    if "NDims" not in fields or "ElementDataFile" not in fields:
         raise BadInput("the file is not a MetaImage (.mha) file (no NDims/ElementDataFile header)")
-    if b"ElementDataFile = LOCAL" not in head:
+    if fields["ElementDataFile"] != "LOCAL":
         raise BadInput("a .mha upload must hold its pixel data (ElementDataFile = LOCAL)")
 
 
@@ -183,6 +209,8 @@ def _nifti_expected_bytes(header: bytes) -> int:
             break
     else:
         raise BadInput("not a NIfTI file (bad header size field)")
+    if not math.isfinite(vox_offset) or vox_offset < 0:
+        raise BadInput("corrupt NIfTI header (invalid vox_offset)")
     ndim = int(dims[0])
     if not 1 <= ndim <= 7 or any(int(d) < 1 for d in dims[1 : ndim + 1]) or bitpix <= 0:
         raise BadInput("corrupt NIfTI header (invalid dimensions or bit depth)")
