@@ -81,3 +81,18 @@ def test_learning_curve_and_metrics(client, project, uploaded_image, annotator_h
     assert metrics.status_code == 200
     assert 'scribbleflow_uploads_total{format="nifti"} 1.0' in metrics.text
     assert 'route="/api/v1/projects/{project_id}/images",status="201"' in metrics.text
+
+
+def test_import_with_settings_the_project_cannot_take_is_refused_before_serving(
+    client, project, admin_headers, tmp_path
+):
+    # Eight network levels: more than the project's learning settings allow.
+    content = _checkpoint_bytes(tmp_path, num_classes=3, size=128, channels=(2,) * 8)
+    response = client.post(f"/api/v1/projects/{project['id']}/models/import",
+                           files={"file": ("deep.pt", io.BytesIO(content))}, headers=admin_headers)
+    assert response.status_code == 400, response.text
+    assert "channels" in response.json()["detail"]
+    models = client.get(f"/api/v1/projects/{project['id']}/models", headers=admin_headers).json()
+    assert models["serving_version"] == 0 and len(models["versions"]) == 1
+    updated = client.get(f"/api/v1/projects/{project['id']}", headers=admin_headers).json()
+    assert updated["learning"] == project["learning"]

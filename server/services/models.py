@@ -108,18 +108,26 @@ def import_checkpoint(db, hub: ModelHub, principal, project, path: Path, filenam
     slice size it was trained at (checkpoint metadata ``size``), so predictions and later
     online updates use the size the weights expect.
     """
+    from learner.checkpoints import load_checkpoint
     from server.services import audit
     from server.services.projects import merged_learning
 
-    record = hub.import_checkpoint(project.id, path, len(project.labels))
-    size = record.source.get("metadata", {}).get("size")
+    # The settings the checkpoint implies are validated before the registry serves it.
+    try:
+        _, network, metadata = load_checkpoint(path, device="cpu")
+    except FileNotFoundError:
+        raise BadInput("the checkpoint upload is missing") from None
+    except Exception as exc:  # torch/pickle raise many types for a file that is no checkpoint
+        raise BadInput(f"the file is not a scribbleflow checkpoint: {exc}") from None
+    size = metadata.get("size")
     change: dict = {}
-    channels = list(record.network.get("channels", project.learning["channels"]))
+    channels = list(network.channels)
     multiple = 2 ** (len(channels) - 1)
     if isinstance(size, int) and size >= multiple and size % multiple == 0:
         change["online"] = {"size": size}
-    learning = dict(project.learning, channels=channels)
-    project.learning = merged_learning(learning, change)
+    learning = merged_learning(dict(project.learning, channels=channels), change)
+    record = hub.import_checkpoint(project.id, path, len(project.labels))
+    project.learning = learning
     audit.record(db, principal, "model_import", project_id=project.id,
                  details={"version": record.version, "file": filename, "size": project.learning["online"]["size"],
                           "channels": channels})

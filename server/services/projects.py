@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -60,7 +61,11 @@ def merged_learning(current: dict[str, Any], change: dict[str, Any]) -> dict[str
     multiple = 2 ** (len(channels) - 1)
     if merged["online"]["size"] % multiple:
         raise BadInput(f"online.size must be a multiple of {multiple} for {len(channels)} network levels")
-    return schemas.LearningSettings(**merged).model_dump()
+    try:
+        return schemas.LearningSettings(**merged).model_dump()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise BadInput(f"invalid learning settings: {problems}") from None
 
 
 def label_names(project: Project) -> list[str]:
