@@ -131,19 +131,22 @@ def delete_image(db: Session, ctx, principal: Principal, image: Image) -> None:
     from learner.jobs import replay_at
     from learner.online import OnlineSettings
 
-    datastore: DataStore = ctx.datastore
-    folder = datastore.resolve(image.path).parent
-    project = db.get(Project, image.project_id)
-    audit.record(db, principal, "image_delete", project_id=image.project_id, image_id=image.id,
-                 details={"name": image.name})
-    image_id, project_id = image.id, image.project_id
-    db.delete(image)
-    db.commit()
-    ctx.training.cancel_image_jobs(image_id)
-    replay_root = datastore.project_dir(project_id) / "replay"
-    if replay_root.exists():
-        replay_at(replay_root, OnlineSettings.from_dict(project.learning["online"])).remove(str(image_id))
-    datastore.remove_tree(folder)
+    db.commit()  # never wait for the image lock while holding a transaction
+    # Under the image lock: a round still computing cannot recreate the folder after delete.
+    with ctx.image_locks(image.id):
+        datastore: DataStore = ctx.datastore
+        folder = datastore.resolve(image.path).parent
+        project = db.get(Project, image.project_id)
+        audit.record(db, principal, "image_delete", project_id=image.project_id, image_id=image.id,
+                     details={"name": image.name})
+        image_id, project_id = image.id, image.project_id
+        db.delete(image)
+        db.commit()
+        ctx.training.cancel_image_jobs(image_id)
+        replay_root = datastore.project_dir(project_id) / "replay"
+        if replay_root.exists():
+            replay_at(replay_root, OnlineSettings.from_dict(project.learning["online"])).remove(str(image_id))
+        datastore.remove_tree(folder)
 
 
 def remaining_count(db: Session, project_id: int) -> int:
