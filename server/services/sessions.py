@@ -235,35 +235,37 @@ def open_session(
         if prediction.source == "atlas":
             _write_npz(folder / SESSION_FILES["atlas_probabilities"], prediction.probabilities)
 
-        # The lease is checked again: someone may have opened the image meanwhile.
-        image = _locked(db, Image, image.id)
-        _check_lease(db, image.id, principal, takeover)
-        closed = _close_others(db, image.id, principal, keep=None)
-        now = utcnow()
-        session = AnnotationSession(
-            image_id=image.id,
-            holder=principal.owner,
-            token_id=principal.token_id,
-            state="open",
-            opened_at=now,
-            lease_expires_at=now + timedelta(seconds=ctx.settings.lease_seconds),
-            model_version=prediction.version,
-            prediction_source=prediction.source,
-            dir=ctx.datastore.relative(folder),
-            label_counts=pipeline.label_counts(labels, projects.label_names(project)),
-            suggestion=_suggestion_json(suggestion, volume),
-        )
-        db.add(session)
-        if image.status == "new":
-            image.status = "in_progress"
-        db.flush()
-        audit.record(db, principal, "session_open", project_id=project.id, image_id=image.id,
-                     details={"session_id": session.id, "model_version": prediction.version,
-                              "prediction_source": prediction.source})
-        if closed and takeover:
-            audit.record(db, principal, "takeover", project_id=project.id, image_id=image.id,
-                         details={"session_id": session.id, "from": sorted(set(closed))})
-        db.commit()
+        # The image lock orders this with rounds (session row, then image row) on PostgreSQL.
+        with ctx.image_locks(image.id):
+            # The lease is checked again: someone may have opened the image meanwhile.
+            image = _locked(db, Image, image.id)
+            _check_lease(db, image.id, principal, takeover)
+            closed = _close_others(db, image.id, principal, keep=None)
+            now = utcnow()
+            session = AnnotationSession(
+                image_id=image.id,
+                holder=principal.owner,
+                token_id=principal.token_id,
+                state="open",
+                opened_at=now,
+                lease_expires_at=now + timedelta(seconds=ctx.settings.lease_seconds),
+                model_version=prediction.version,
+                prediction_source=prediction.source,
+                dir=ctx.datastore.relative(folder),
+                label_counts=pipeline.label_counts(labels, projects.label_names(project)),
+                suggestion=_suggestion_json(suggestion, volume),
+            )
+            db.add(session)
+            if image.status == "new":
+                image.status = "in_progress"
+            db.flush()
+            audit.record(db, principal, "session_open", project_id=project.id, image_id=image.id,
+                         details={"session_id": session.id, "model_version": prediction.version,
+                                  "prediction_source": prediction.source})
+            if closed and takeover:
+                audit.record(db, principal, "takeover", project_id=project.id, image_id=image.id,
+                             details={"session_id": session.id, "from": sorted(set(closed))})
+            db.commit()
     except BaseException:
         db.rollback()
         ctx.datastore.remove_tree(folder)
