@@ -39,6 +39,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validate every N iterations (default: about 8 times per run)")
     parser.add_argument("--num-classes", type=int, default=None, help="default: max label + 1 in the data")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,  # learner.device.PRECISIONS
+                        help="auto (default): bf16 autocast where the device computes bf16 natively, else fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -58,6 +60,7 @@ def settings_from_args(args: argparse.Namespace):
         "num_classes": args.num_classes,
         "device": args.device,
         "channels": args.channels,
+        "precision": args.precision,
     }
     settings = TrainSettings(method=args.method, seed=args.seed, progress_bar=not args.no_progress,
                              **{k: v for k, v in given.items() if v is not None})

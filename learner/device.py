@@ -1,8 +1,13 @@
-"""Where tensors live: the one place that picks the compute device."""
+"""Where tensors live and at which precision they are computed: the one place that picks the
+compute device and the mixed-precision policy."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def select_device(preferred: str | None = None) -> torch.device:
@@ -10,3 +15,34 @@ def select_device(preferred: str | None = None) -> torch.device:
     if preferred:
         return torch.device(preferred)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions natively (CUDA with bf16, or a CPU whose
+    oneDNN has bf16 kernels, e.g. AVX512-BF16 / AMX); elsewhere bf16 would be emulated and slow."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(checker()) if checker is not None else False
+    return False
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """``auto`` -> ``bf16`` where :func:`bf16_supported`, else ``fp32``; ``bf16`` on a device
+    without support is refused rather than silently emulated."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    if precision == "bf16" and not bf16_supported(device):
+        raise ValueError(f"bf16 is not supported natively on {device}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision context for forward passes: bf16 autocast (weights and optimiser stay
+    fp32; losses that autocast keeps in fp32 stay there) or a no-op for ``fp32``."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

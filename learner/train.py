@@ -22,7 +22,7 @@ import torch
 
 from learner.checkpoints import save_checkpoint
 from learner.data import Case, SliceDataset, augment_batch
-from learner.device import select_device
+from learner.device import PRECISIONS, autocast, resolve_precision, select_device
 from learner.inference import predict_volume
 from learner.metrics import case_metrics, dice_per_class, summarize
 from learner.networks import build_network
@@ -61,6 +61,7 @@ class TrainSettings:
     checkpoint: str | None = None  # best-on-validation checkpoint path
     augment: bool = True
     channels: tuple[int, ...] | None = None  # None = NetworkConfig's default
+    precision: str = "auto"  # learner.device.PRECISIONS; auto = bf16 autocast where native
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
     progress_bar: bool = True
 
@@ -75,6 +76,8 @@ class TrainSettings:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}")
         if self.size is not None and (self.size < 16 or self.size % 16):
             raise ValueError("size must be a positive multiple of 16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
 
@@ -95,6 +98,7 @@ class TrainResult:
     lr: float
     optimizer: str
     channels: tuple[int, ...]
+    precision: str
     best_iteration: int
     best_val_mean_dice: float
     checkpoint: str | None
@@ -167,13 +171,16 @@ def poly_lr(base_lr: float, progress: float, power: float = POLY_POWER) -> float
 
 
 def training_step(model: torch.nn.Module, objective: Objective, batch: dict,
-                  optimizer: torch.optim.Optimizer) -> dict[str, float]:
+                  optimizer: torch.optim.Optimizer, precision: str = "fp32") -> dict[str, float]:
     """One update: forward, objective, backward, step, teacher update. ``batch`` tensors must be
-    on the model's device (see learner/objective.py for the keys). Returns the loss parts."""
+    on the model's device (see learner/objective.py for the keys); ``precision`` is a resolved
+    learner.device precision (``fp32`` or ``bf16`` autocast). Returns the loss parts."""
     model.train()
-    output = model(batch["image"])
-    teacher_output = objective.teacher_output(batch) if objective.uses_teacher else None
-    losses = objective(output, batch, teacher_output)
+    device = batch["image"].device
+    with autocast(device, precision):
+        output = model(batch["image"])
+        teacher_output = objective.teacher_output(batch) if objective.uses_teacher else None
+        losses = objective(output, batch, teacher_output)
     total = losses["total"]
     if not torch.isfinite(total):
         raise FloatingPointError(f"non-finite loss: { {k: float(v) for k, v in losses.items()} }")
@@ -242,6 +249,7 @@ def train(settings: TrainSettings, train_cases: list[Case], val_cases: list[Case
     num_classes = settings.num_classes or num_classes_of(train_cases, val_cases)
     size = settings.size or default_size(train_cases, MAX_DEFAULT_SIZE.get(device.type, MAX_DEFAULT_SIZE["cpu"]))
     method = settings.method
+    precision = resolve_precision(device, settings.precision)
 
     effort = None
     if method in SCRIBBLE_METHODS:
@@ -300,7 +308,7 @@ def train(settings: TrainSettings, train_cases: list[Case], val_cases: list[Case
             if settings.augment:
                 batch = augment_batch(batch, generator)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            losses = training_step(model, objective, batch, optimizer)
+            losses = training_step(model, objective, batch, optimizer, precision)
             iteration += 1
             train_seconds += time.perf_counter() - started
             if val_every:
@@ -327,7 +335,7 @@ def train(settings: TrainSettings, train_cases: list[Case], val_cases: list[Case
     return TrainResult(
         method=method, iterations=iteration, train_seconds=train_seconds, validation_seconds=validation_seconds,
         size=size, batch=settings.batch_size, num_classes=num_classes, lr=base_lr, optimizer=settings.optimizer,
-        channels=config.channels,
+        channels=config.channels, precision=precision,
         best_iteration=best["iteration"], best_val_mean_dice=best["dice"], checkpoint=settings.checkpoint,
         val_history=history, effort=effort, final_losses=losses,
     ), model

@@ -3,6 +3,7 @@ tiny synthetic data."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -111,3 +112,46 @@ def test_train_command_writes_checkpoint(tmp_path):
     assert code == 0
     _, config, metadata = load_checkpoint(out, device="cpu")
     assert config.attention_after == (1,) and metadata["method"] == "attention"
+
+
+def test_precision_policy_resolves_and_refuses():
+    from learner.device import PRECISIONS, bf16_supported, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision(cpu, "fp32") == "fp32"
+    assert resolve_precision(cpu, "auto") == ("bf16" if bf16_supported(cpu) else "fp32")
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision(cpu, "fp16")
+    with pytest.raises(ValueError, match="precision"):
+        TrainSettings(precision="half").validate()
+    # the CLI offers exactly the learner's precisions
+    from learner.commands import add_training_arguments
+
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    action = next(a for a in parser._actions if a.dest == "precision")
+    assert tuple(action.choices) == PRECISIONS
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_step_precision_keeps_fp32_weights_and_finite_losses(precision):
+    from learner.device import bf16_supported
+    from learner.networks import build_network
+    from learner.objective import build_objective, network_config_for
+    from learner.train import training_step
+
+    if precision == "bf16" and not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16")
+    torch.manual_seed(0)
+    model = build_network(network_config_for("distill", 3, channels=(4, 8, 16)))
+    objective = build_objective("distill", 3)
+    objective.bind(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scribble = torch.full((2, 32, 32), 255, dtype=torch.long)
+    scribble[:, 10:12, 5:20], scribble[:, 25:27, 5:20] = 1, 0
+    batch = {"image": torch.rand(2, 1, 32, 32), "scribble": scribble}
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = training_step(model, objective, batch, optimizer, precision)
+    assert all(np.isfinite(v) for v in losses.values()) and losses["total"] > 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

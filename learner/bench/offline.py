@@ -2,7 +2,7 @@
 on --val, score it on --val and --test, write one JSON document.
 
 JSON fields: method, minutes, max_iterations, iterations, iterations_per_second, batch, size,
-lr, optimizer, channels, seed, num_classes, train_seconds, validation_seconds, wall_seconds,
+lr, optimizer, channels, precision, seed, num_classes, train_seconds, validation_seconds, wall_seconds,
 best_iteration, val_history, effort (simulated scribbles, else null), checkpoint, data
 directories, device, threads, load_average (start, end: 1-minute load of the machine),
 val and test: {mean_dice, mean_hd95, cases, per_class: {"1": {dice, hd95}, ...}}.
@@ -60,6 +60,7 @@ def run_training(settings, train_dir: str, val_dir: str, test_dir: str | None, t
         "lr": result.lr,
         "optimizer": result.optimizer,
         "channels": list(result.channels),
+        "precision": result.precision,
         "seed": settings.seed,
         "num_classes": result.num_classes,
         "train_seconds": result.train_seconds,
