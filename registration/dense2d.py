@@ -7,9 +7,17 @@ probabilities for the slice are given, their edges are added to the image's, so 
 flood also stops where the model sees a border. A small compactness keeps regions from
 leaking through gaps in weak edges.
 
-(On ACDC validation slices with simulated scribbles this gave a per-slice mean Dice of 0.80
-against 0.74 for scikit-image's random walker at its best beta, and runs in ~20 ms
-instead of 0.1-3 s.)
+The watershed regions are then refined by appearance: their one-hot maps, blurred over a
+few pixels (in proportion to the slice size), are the prior of a per-pixel posterior
+whose likelihood is each class's intensity histogram learnt from its seeds
+(``registration.appearance``). This moves borders the flood placed on the wrong edge,
+typically the myocardium's, onto the intensity change between classes.
+
+(On ACDC validation slices with simulated scribbles the watershed gave a per-slice mean
+Dice of 0.80 against 0.74 for scikit-image's random walker at its best beta, in ~20 ms
+instead of 0.1-3 s. On 90 ACDC *training* slices (3 per volume, 30 volumes) the appearance
+refinement raised it from 0.784 to 0.812 (myocardium 0.684 -> 0.726) for ~10 ms more;
+on hippocampus slices (~35 x 50 pixels) it changes nothing.)
 """
 
 from __future__ import annotations
@@ -19,13 +27,18 @@ from scipy import ndimage
 from skimage.filters import sobel
 from skimage.segmentation import watershed
 
-from registration.appearance import normalize_intensity
+from registration.appearance import class_intensity_model, normalize_intensity, reweight_by_intensity
 from registration.volume import UNLABELLED
 
 #: Flooding regularity (skimage ``compactness``): 0 = pure watershed.
 COMPACTNESS = 1e-3
 #: Weight of the model's probability edges against the image's (both in 0..1 units).
 MODEL_EDGE_WEIGHT = 0.5
+#: Blur (pixels per 128 pixels of the slice's shorter side) of the watershed regions that
+#: form the prior of the appearance refinement; 0 turns the refinement off.
+REFINE_SIGMA_PER_128 = 0.8
+#: Exponent of the intensity likelihood in the appearance refinement.
+REFINE_INTENSITY_WEIGHT = 0.8
 
 
 def _smoothing_sigma(shape: tuple[int, int]) -> float:
@@ -66,11 +79,31 @@ def densify_slice(
         border[:, [0, -1]] = True
         markers[border & ~seeded] = 1
 
-    smoothed = ndimage.gaussian_filter(normalize_intensity(image[None])[0], _smoothing_sigma(image.shape))
+    normalized = normalize_intensity(image[None])[0]
+    smoothed = ndimage.gaussian_filter(normalized, _smoothing_sigma(image.shape))
     relief = sobel(smoothed)
     if probabilities_cyx is not None:
         model = np.asarray(probabilities_cyx, dtype=np.float32)
         relief = relief + MODEL_EDGE_WEIGHT * np.max([sobel(p) for p in model], axis=0)
     labels = watershed(relief, markers, compactness=COMPACTNESS) - 1
+    labels = refine_by_appearance(labels, normalized, seeds, num_classes)
     labels[seeded] = seeds[seeded]
     return labels.astype(np.int64)
+
+
+def refine_by_appearance(
+    labels_yx: np.ndarray, normalized_yx: np.ndarray, seeds_yx: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """Labels (y, x) of argmax_c blur(onehot(labels))_c * p(intensity | c)^REFINE_INTENSITY_WEIGHT,
+    p learnt from the seeded pixels of ``normalized_yx`` (intensities in 0..1)."""
+    sigma = REFINE_SIGMA_PER_128 * min(labels_yx.shape) / 128.0
+    if sigma <= 0:
+        return labels_yx
+    seeded = seeds_yx != UNLABELLED
+    seed_one_hot = np.stack([(seeds_yx[seeded] == c).astype(np.float32) for c in range(num_classes)])
+    model = class_intensity_model(normalized_yx[seeded], seed_one_hot)
+    prior = np.stack(
+        [ndimage.gaussian_filter((labels_yx == c).astype(np.float32), sigma) for c in range(num_classes)]
+    )
+    prior /= np.maximum(prior.sum(axis=0, keepdims=True), 1e-12)
+    return np.argmax(reweight_by_intensity(prior, normalized_yx, model, REFINE_INTENSITY_WEIGHT), axis=0)
