@@ -27,7 +27,11 @@ from scipy import ndimage
 from skimage.filters import sobel
 from skimage.segmentation import watershed
 
-from registration.appearance import class_intensity_model, normalize_intensity, reweight_by_intensity
+from registration.appearance import (
+    class_intensity_model,
+    normalize_intensity,
+    reweight_by_intensity,
+)
 from registration.volume import UNLABELLED
 
 #: Flooding regularity (skimage ``compactness``): 0 = pure watershed.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from registration.dense2d import densify_slice
+from registration.dense2d import densify_slice, refine_by_appearance
 from registration.volume import UNLABELLED
 
 
@@ -51,3 +51,17 @@ def test_model_probabilities_guide_a_flat_image():
     assert (labels == truth).mean() > 0.95
     with pytest.raises(ValueError):
         densify_slice(image, np.full(truth.shape, UNLABELLED, dtype=np.uint8), 2)
+
+
+def test_appearance_refinement_moves_a_misplaced_border_onto_the_intensity_change():
+    truth = np.zeros((256, 200), dtype=np.int64)
+    truth[:, 100:] = 1
+    image = np.where(truth > 0, 0.8, 0.2).astype(np.float32)
+    seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    seeds[:, 10] = 0
+    seeds[:, 190] = 1
+    misplaced = np.zeros_like(truth)
+    misplaced[:, 98:] = 1  # the border two pixels off, inside class 0's intensity
+    refined = refine_by_appearance(misplaced, image, seeds, 2)
+    assert (refined == truth).all()
+    assert (refine_by_appearance(truth, image, seeds, 2) == truth).all()
