@@ -35,6 +35,7 @@ class Case:
     image: Volume
     label: np.ndarray | None = None  # int64 (z, y, x)
     scribble: np.ndarray | None = None  # uint8 (z, y, x), UNLABELLED where not annotated
+    spacing_known: bool = True  # False for HDF5 files, which carry no geometry (unit spacing assumed)
 
 
 def _strip_suffix(name: str) -> str:
@@ -66,7 +67,7 @@ def load_h5_case(path: Path) -> Case:
             scribble = np.where(raw >= unlabelled_value, UNLABELLED, raw).astype(np.uint8)
     if image.ndim != 3:
         raise ValueError(f"{path}: expected a 3D image, got shape {image.shape}")
-    return Case(name=path.stem, image=Volume(image), label=label, scribble=scribble)
+    return Case(name=path.stem, image=Volume(image), label=label, scribble=scribble, spacing_known=False)
 
 
 def load_nifti_case(image_path: Path, label_path: Path | None) -> Case:

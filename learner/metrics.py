@@ -93,9 +93,13 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 def summarize(per_case: Sequence[Mapping[int, Mapping[str, float]]]) -> dict:
-    """Mean over cases: {"mean_dice", "mean_hd95", "cases", "per_class": {"1": {dice, hd95}}}.
+    """Mean over cases: {"mean_dice", "mean_hd95", "cases", "hd95_undefined",
+    "per_class": {"1": {dice, hd95, hd95_undefined}}}.
 
-    Class keys become strings (JSON object keys); NaN HD95 values are skipped in the means.
+    Class keys become strings (JSON object keys). HD95 is undefined (NaN) where one of the two
+    masks is empty (a structure missed, or predicted where there is none): such cases are left
+    out of the HD95 means and counted in ``hd95_undefined`` (per class, and in total), so that
+    a model that misses structures cannot hide it behind a small mean distance.
     """
     if not per_case:
         raise ValueError("no cases to summarise")
@@ -104,6 +108,7 @@ def summarize(per_case: Sequence[Mapping[int, Mapping[str, float]]]) -> dict:
         str(cls): {
             "dice": _nanmean([case[cls]["dice"] for case in per_case]),
             "hd95": _nanmean([case[cls]["hd95"] for case in per_case]),
+            "hd95_undefined": sum(math.isnan(case[cls]["hd95"]) for case in per_case),
         }
         for cls in classes
     }
@@ -111,5 +116,6 @@ def summarize(per_case: Sequence[Mapping[int, Mapping[str, float]]]) -> dict:
         "mean_dice": _nanmean([v["dice"] for v in per_class.values()]),
         "mean_hd95": _nanmean([v["hd95"] for v in per_class.values()]),
         "cases": len(per_case),
+        "hd95_undefined": sum(v["hd95_undefined"] for v in per_class.values()),
         "per_class": per_class,
     }

@@ -194,7 +194,8 @@ def training_step(model: torch.nn.Module, objective: Objective, batch: dict,
 def evaluate(model: torch.nn.Module, cases: list[Case], *, size: int, num_classes: int,
              with_hd95: bool = True, device: torch.device | None = None) -> dict:
     """Mean 3D metrics over ``cases`` (dense labels needed): see learner.metrics.summarize.
-    HD95 uses each case's spacing (voxel units for HDF5 data, which keeps none)."""
+    HD95 uses each case's spacing (voxel units for HDF5 data, which keeps none); the result's
+    ``hd95_unit`` says which ("mm", or "voxels" as soon as one case has no spacing)."""
     per_case = []
     for case in cases:
         if case.label is None:
@@ -204,7 +205,9 @@ def evaluate(model: torch.nn.Module, cases: list[Case], *, size: int, num_classe
             per_case.append(case_metrics(pred, case.label, num_classes, case.image.spacing_zyx))
         else:
             per_case.append({cls: {"dice": d, "hd95": math.nan} for cls, d in dice_per_class(pred, case.label, num_classes).items()})
-    return summarize(per_case)
+    summary = summarize(per_case)
+    summary["hd95_unit"] = "mm" if all(case.spacing_known for case in cases) else "voxels"
+    return summary
 
 
 def _make_optimizer(model: torch.nn.Module, settings: TrainSettings, lr: float) -> torch.optim.Optimizer:

@@ -16,6 +16,24 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+#: Mode of the files written here: what ``open()`` would give (0666 less the umask).
+_NEW_FILE_MODE = 0o666 & ~_umask()
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_target(
     path: str | os.PathLike, *, overwrite: bool = True, suffix: str | None = None
@@ -30,8 +48,10 @@ def atomic_target(
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix or "".join(target.suffixes), dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, _NEW_FILE_MODE)  # mkstemp makes 0600; other processes (worker, server) read these
     try:
         yield tmp
+        _fsync_path(tmp)  # the content is on disk before the rename makes it visible
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -44,8 +64,6 @@ def open_atomic(path: str | os.PathLike, mode: str = "wb", *, overwrite: bool = 
     encoding = None if "b" in mode else "utf-8"
     with atomic_target(path, overwrite=overwrite) as tmp, open(tmp, mode, encoding=encoding) as handle:
         yield handle
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any, *, overwrite: bool = True, **dump_options: Any) -> Path:

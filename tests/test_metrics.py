@@ -63,5 +63,7 @@ def test_summarize_means_over_cases_and_skips_nan():
     summary = summarize([perfect, empty])
     assert summary["cases"] == 2
     assert summary["per_class"]["1"]["dice"] == pytest.approx(0.5)
-    assert summary["per_class"]["1"]["hd95"] == 0.0  # the NaN of the empty prediction is skipped
+    assert summary["per_class"]["1"]["hd95"] == 0.0  # the NaN of the empty prediction is skipped ...
+    assert summary["per_class"]["1"]["hd95_undefined"] == 1  # ... and counted
+    assert summary["hd95_undefined"] == 1
     assert summary["mean_dice"] == pytest.approx(0.5)

@@ -98,6 +98,9 @@ def test_bench_offline_command_writes_json(tmp_path):
         assert set(report[split]["per_class"]) == {"1", "2"}
         assert 0.0 <= report[split]["mean_dice"] <= 1.0
         assert report[split]["cases"] == 1
+        assert report[split]["hd95_unit"] == "voxels"  # HDF5 files carry no spacing
+        for entry in report[split]["per_class"].values():
+            assert 0.0 <= entry["dice"] <= 1.0 and "hd95" in entry and entry["hd95_undefined"] in (0, 1)
     assert Path(report["checkpoint"]).is_file()
 
 
