@@ -41,6 +41,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,  # learner.device.PRECISIONS
                         help="auto (default): bf16 autocast where the device computes bf16 natively, else fp32")
+    parser.add_argument("--postprocess", choices=("largest_component", "none"), default=None,  # learner.postprocess
+                        help="largest_component (default): keep each class's largest 3D component in every "
+                             "evaluation (one structure per class); none: raw arg-max")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -61,6 +64,7 @@ def settings_from_args(args: argparse.Namespace):
         "device": args.device,
         "channels": args.channels,
         "precision": args.precision,
+        "postprocess": args.postprocess,
     }
     settings = TrainSettings(method=args.method, seed=args.seed, progress_bar=not args.no_progress,
                              **{k: v for k, v in given.items() if v is not None})

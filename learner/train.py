@@ -33,6 +33,7 @@ from learner.objective import (
     build_objective,
     network_config_for,
 )
+from learner.postprocess import POSTPROCESSING, postprocess_labels
 from learner.scribbles import ScribbleEffort, boundary_effort, simulate_scribbles
 from registration.volume import UNLABELLED
 
@@ -62,6 +63,7 @@ class TrainSettings:
     augment: bool = True
     channels: tuple[int, ...] | None = None  # None = NetworkConfig's default
     precision: str = "auto"  # learner.device.PRECISIONS; auto = bf16 autocast where native
+    postprocess: str = "largest_component"  # learner.postprocess.POSTPROCESSING, in every evaluation
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
     progress_bar: bool = True
 
@@ -78,6 +80,8 @@ class TrainSettings:
             raise ValueError("size must be a positive multiple of 16")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
+        if self.postprocess not in POSTPROCESSING:
+            raise ValueError(f"postprocess must be one of {POSTPROCESSING}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
 
@@ -192,8 +196,10 @@ def training_step(model: torch.nn.Module, objective: Objective, batch: dict,
 
 
 def evaluate(model: torch.nn.Module, cases: list[Case], *, size: int, num_classes: int,
-             with_hd95: bool = True, device: torch.device | None = None) -> dict:
+             with_hd95: bool = True, device: torch.device | None = None,
+             postprocess: str = "none") -> dict:
     """Mean 3D metrics over ``cases`` (dense labels needed): see learner.metrics.summarize.
+    Predictions go through ``learner.postprocess.postprocess_labels(.., postprocess)`` first.
     HD95 uses each case's spacing (voxel units for HDF5 data, which keeps none); the result's
     ``hd95_unit`` says which ("mm", or "voxels" as soon as one case has no spacing)."""
     per_case = []
@@ -201,6 +207,7 @@ def evaluate(model: torch.nn.Module, cases: list[Case], *, size: int, num_classe
         if case.label is None:
             raise ValueError(f"case {case.name} has no label to evaluate against")
         pred = predict_volume(model, case.image.array, size=size, device=device).argmax(axis=0)
+        pred = postprocess_labels(pred, num_classes, postprocess)
         if with_hd95:
             per_case.append(case_metrics(pred, case.label, num_classes, case.image.spacing_zyx))
         else:
@@ -281,7 +288,8 @@ def train(settings: TrainSettings, train_cases: list[Case], val_cases: list[Case
     metadata = {"method": method, "size": size, "num_classes": num_classes, "seed": settings.seed}
 
     def validate(iteration: int) -> None:
-        summary = evaluate(model, val_cases, size=size, num_classes=num_classes, with_hd95=False, device=device)
+        summary = evaluate(model, val_cases, size=size, num_classes=num_classes, with_hd95=False, device=device,
+                           postprocess=settings.postprocess)
         history.append({"iteration": iteration, "train_seconds": round(train_seconds, 2), "mean_dice": summary["mean_dice"]})
         if summary["mean_dice"] > best["dice"]:
             best.update(dice=summary["mean_dice"], iteration=iteration,

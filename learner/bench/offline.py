@@ -2,11 +2,12 @@
 on --val, score it on --val and --test, write one JSON document.
 
 JSON fields: method, minutes, max_iterations, iterations, iterations_per_second, batch, size,
-lr, optimizer, channels, precision, seed, num_classes, train_seconds, validation_seconds, wall_seconds,
+lr, optimizer, channels, precision, postprocess, seed, num_classes, train_seconds, validation_seconds, wall_seconds,
 best_iteration, val_history, effort (simulated scribbles, else null), checkpoint, data
 directories, device, threads, load_average (start, end: 1-minute load of the machine),
-val and test: {mean_dice, mean_hd95, cases, per_class: {"1": {dice, hd95}, ...}}.
-NaN (an undefined HD95) is written as null.
+val and test: {mean_dice, mean_hd95, cases, hd95_unit, hd95_undefined,
+per_class: {"1": {dice, hd95, hd95_undefined}, ...}} (``learner.metrics.summarize``), after
+``postprocess``. NaN (an undefined HD95) is written as null.
 """
 
 from __future__ import annotations
@@ -73,10 +74,13 @@ def run_training(settings, train_dir: str, val_dir: str, test_dir: str | None, t
         "data": {"train": str(train_dir), "val": str(val_dir), "test": None if test_dir is None else str(test_dir)},
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "val": evaluate(model, val_cases, size=result.size, num_classes=result.num_classes, device=device),
+        "postprocess": settings.postprocess,
+        "val": evaluate(model, val_cases, size=result.size, num_classes=result.num_classes, device=device,
+                        postprocess=settings.postprocess),
     }
     if test_cases is not None:
-        report["test"] = evaluate(model, test_cases, size=result.size, num_classes=result.num_classes, device=device)
+        report["test"] = evaluate(model, test_cases, size=result.size, num_classes=result.num_classes, device=device,
+                                  postprocess=settings.postprocess)
     report["wall_seconds"] = time.perf_counter() - started
     report["load_average"] = {"start": load_start, "end": os.getloadavg()[0]}
     return report
