@@ -53,3 +53,19 @@ def test_the_cli_offers_exactly_the_postprocessing_choices():
     assert tuple(action.choices) == POSTPROCESSING
     args = parser.parse_args(["--train", "t", "--val", "v", "--method", "pce"])
     assert args.postprocess is None  # TrainSettings' default applies
+
+
+def test_benchmark_table_has_one_row_per_report_with_its_numbers():
+    from learner.bench.table import markdown_table
+
+    split = {"mean_dice": 0.8125, "hd95_unit": "voxels",
+             "per_class": {"2": {"dice": 0.75, "hd95": None}, "1": {"dice": 0.875, "hd95": 3.25}}}
+    report = {"method": "distill", "minutes": 30, "iterations": 1487, "iterations_per_second": 0.826,
+              "precision": "bf16", "postprocess": "largest_component", "best_iteration": 1400,
+              "data": {"train": "/data/acdc/train"}, "val": split, "test": split,
+              "load_average": {"start": 0.9, "end": 2.03}}
+    lines = markdown_table([report]).splitlines()
+    assert len(lines) == 3 and lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
+    row = lines[2]
+    for text in ("distill", "acdc/train", "1487", "0.83", "**0.812**", "0.875 / 0.750", "3.2 / —", "0.9 / 2.0"):
+        assert text in row
