@@ -93,11 +93,35 @@ def _run_bench_offline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from learner.bench.offline import evaluate_checkpoint, write_report_json
+
+    report = evaluate_checkpoint(args.checkpoint, args.data, postprocess=args.postprocess,
+                                 device=args.device, threads=args.threads)
+    if args.out:
+        write_report_json(report, args.out)
+    per_class = ", ".join(f"{c}: {v['dice']:.3f}" for c, v in report["scores"]["per_class"].items())
+    print(f"{report['checkpoint']} on {args.data}: mean Dice {report['scores']['mean_dice']:.4f} ({per_class})"
+          + (f" -> {args.out}" if args.out else ""))
+    return 0
+
+
 def register(subparsers, bench_subparsers) -> None:
     train = subparsers.add_parser("train", help="train a segmentation model offline from scribbles or labels")
     add_training_arguments(train)
     train.add_argument("--out", required=True, help="checkpoint path (best on validation)")
     train.set_defaults(func=_run_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="score a checkpoint on a labelled directory (3D Dice, HD95 per class) to JSON")
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint written by train or bench offline")
+    evaluate.add_argument("--data", required=True, help="directory with dense labels (*.h5 or images/ + labels/)")
+    evaluate.add_argument("--postprocess", choices=("largest_component", "none"), default="largest_component",
+                          help="as in train (default largest_component)")  # learner.postprocess.POSTPROCESSING
+    evaluate.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    evaluate.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    evaluate.add_argument("--out", default=None, help="result JSON path (default: print only)")
+    evaluate.set_defaults(func=_run_evaluate)
 
     bench = bench_subparsers.add_parser(
         "offline", help="train one method under a budget, then score val and test (3D Dice, HD95) to JSON")

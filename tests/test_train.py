@@ -102,6 +102,15 @@ def test_bench_offline_command_writes_json(tmp_path):
         for entry in report[split]["per_class"].values():
             assert 0.0 <= entry["dice"] <= 1.0 and "hd95" in entry and entry["hd95_undefined"] in (0, 1)
     assert Path(report["checkpoint"]).is_file()
+    # the saved best model, re-scored by `scribbleflow evaluate`, gives the benchmark's test scores
+    scored = tmp_path / "result" / "evaluate.json"
+    command = [sys.executable, "-m", "server.cli", "evaluate", "--checkpoint", report["checkpoint"],
+               "--data", str(test_dir), "--out", str(scored)]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    scores = json.loads(scored.read_text())["scores"]
+    assert scores["mean_dice"] == pytest.approx(report["test"]["mean_dice"])
+    assert scores["per_class"] == report["test"]["per_class"]
 
 
 def test_train_command_writes_checkpoint(tmp_path):

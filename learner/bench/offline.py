@@ -95,3 +95,32 @@ def run_offline_benchmark(args) -> dict:
     report = run_training(settings, args.train, args.val, args.test, threads=args.threads)
     write_report_json(report, args.out)
     return report
+
+
+def evaluate_checkpoint(checkpoint: str, data_dir: str, *, postprocess: str = "largest_component",
+                        device: str | None = None, threads: int | None = None) -> dict:
+    """Score a saved model on a labelled directory (``scribbleflow evaluate``): {checkpoint,
+    data, postprocess, size, num_classes, metadata, device, scores: learner.metrics.summarize + hd95_unit}."""
+    import torch
+
+    from learner.checkpoints import load_checkpoint
+    from learner.data import load_cases
+    from learner.device import select_device
+    from learner.train import evaluate
+
+    if threads:
+        torch.set_num_threads(threads)
+    target = select_device(device)
+    model, config, metadata = load_checkpoint(checkpoint, device=target)
+    if "size" not in metadata:
+        raise ValueError(f"{checkpoint}: no training size in its metadata; was it written by train or bench offline?")
+    num_classes = int(metadata.get("num_classes", config.num_classes))
+    cases = load_cases(data_dir)
+    started = time.perf_counter()
+    scores = evaluate(model, cases, size=int(metadata["size"]), num_classes=num_classes, device=target,
+                      postprocess=postprocess)
+    return {
+        "checkpoint": str(checkpoint), "data": str(data_dir), "postprocess": postprocess,
+        "size": int(metadata["size"]), "num_classes": num_classes, "metadata": metadata,
+        "device": str(target), "seconds": time.perf_counter() - started, "scores": scores,
+    }
