@@ -35,7 +35,7 @@ class Case:
     image: Volume
     label: np.ndarray | None = None  # int64 (z, y, x)
     scribble: np.ndarray | None = None  # uint8 (z, y, x), UNLABELLED where not annotated
-    spacing_known: bool = True  # False for HDF5 files, which carry no geometry (unit spacing assumed)
+    spacing_known: bool = False  # True only where the file gave a geometry (NIfTI/NRRD/MHA), not HDF5
 
 
 def _strip_suffix(name: str) -> str:
@@ -67,7 +67,7 @@ def load_h5_case(path: Path) -> Case:
             scribble = np.where(raw >= unlabelled_value, UNLABELLED, raw).astype(np.uint8)
     if image.ndim != 3:
         raise ValueError(f"{path}: expected a 3D image, got shape {image.shape}")
-    return Case(name=path.stem, image=Volume(image), label=label, scribble=scribble, spacing_known=False)
+    return Case(name=path.stem, image=Volume(image), label=label, scribble=scribble)
 
 
 def load_nifti_case(image_path: Path, label_path: Path | None) -> Case:
@@ -79,7 +79,7 @@ def load_nifti_case(image_path: Path, label_path: Path | None) -> Case:
         if label_volume.array.shape != volume.array.shape:
             raise ValueError(f"{label_path}: label shape {label_volume.array.shape} != image {volume.array.shape}")
         label = _to_label_array(label_volume.array)
-    return Case(name=_strip_suffix(image_path.name), image=volume, label=label)
+    return Case(name=_strip_suffix(image_path.name), image=volume, label=label, spacing_known=True)
 
 
 def case_paths(directory: str | Path) -> list[tuple[Path, Path | None]]:

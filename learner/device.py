@@ -21,11 +21,25 @@ def bf16_supported(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 convolutions natively (CUDA with bf16, or a CPU whose
     oneDNN has bf16 kernels, e.g. AVX512-BF16 / AMX); elsewhere bf16 would be emulated and slow."""
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # compute capability 8.0 (Ampere) on has bf16 tensor cores; older cards only emulate it
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
+        # oneDNN's own check passes on any AVX-512 CPU (emulated bf16); ask for the instructions
         checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        return bool(checker()) if checker is not None else False
+        return bool(checker()) and bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"}) if checker else False
     return False
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:

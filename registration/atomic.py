@@ -51,8 +51,9 @@ def atomic_target(
     os.chmod(tmp, _NEW_FILE_MODE)  # mkstemp makes 0600; other processes (worker, server) read these
     try:
         yield tmp
-        _fsync_path(tmp)  # the content is on disk before the rename makes it visible
+        _fsync_path(tmp)  # the content is on disk before the rename makes it visible ...
         os.replace(tmp, target)
+        _fsync_path(str(target.parent))  # ... and the rename itself survives a crash
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

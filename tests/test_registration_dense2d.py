@@ -65,3 +65,14 @@ def test_appearance_refinement_moves_a_misplaced_border_onto_the_intensity_chang
     refined = refine_by_appearance(misplaced, image, seeds, 2)
     assert (refined == truth).all()
     assert (refine_by_appearance(truth, image, seeds, 2) == truth).all()
+
+
+def test_clicks_are_too_few_pixels_for_the_appearance_refinement():
+    truth = np.zeros((64, 64), dtype=np.int64)
+    truth[:, 32:] = 1
+    image = np.where(truth > 0, 0.8, 0.2).astype(np.float32)
+    seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    seeds[32, 5], seeds[32, 60] = 0, 1  # one click per class
+    misplaced = np.zeros_like(truth)
+    misplaced[:, 30:] = 1
+    assert (refine_by_appearance(misplaced, image, seeds, 2) == misplaced).all()

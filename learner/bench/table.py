@@ -25,7 +25,7 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def table_row(report: dict) -> str:
-    test = report.get("test") or report["val"]
+    test = report.get("test") or {"mean_dice": None, "per_class": {}}  # no test split: empty cells
     per_class = test["per_class"]
     classes = sorted(per_class, key=int)
     dice = " / ".join(_fmt(per_class[c]["dice"], 3) for c in classes)
@@ -36,7 +36,7 @@ def table_row(report: dict) -> str:
     data = f"{train.parent.name}/{train.name}" if train else "?"
     return (
         f"| {report['method']} | {data} "
-        f"| {report['minutes']:g} | {report['iterations']} | {report['iterations_per_second']:.2f} "
+        f"| {'—' if report.get('minutes') is None else format(report['minutes'], 'g')} | {report['iterations']} | {report['iterations_per_second']:.2f} "
         f"| {report.get('precision', '?')} | {report.get('postprocess', 'none')} | {report.get('best_iteration', '?')} "
         f"| {_fmt(report['val']['mean_dice'], 3)} | **{_fmt(test['mean_dice'], 3)}** | {dice} "
         f"| {hd95} {unit} | {_fmt(load.get('start'), 1)} / {_fmt(load.get('end'), 1)} |"
