@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 
 METHOD_CHOICES = ("pce", "pce_crf", "attention", "distill", "full")  # offline methods (objective.METHODS minus online)
+# Copies of learner.device.PRECISIONS and learner.postprocess.POSTPROCESSING, kept here so that
+# parsing imports neither torch nor scipy; tests assert that they match.
+PRECISION_CHOICES = ("auto", "bf16", "fp32")
+POSTPROCESS_CHOICES = ("largest_component", "none")
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -39,9 +43,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validate every N iterations (default: about 8 times per run)")
     parser.add_argument("--num-classes", type=int, default=None, help="default: max label + 1 in the data")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,  # learner.device.PRECISIONS
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
                         help="auto (default): bf16 autocast where the device computes bf16 natively, else fp32")
-    parser.add_argument("--postprocess", choices=("largest_component", "none"), default=None,  # learner.postprocess
+    parser.add_argument("--postprocess", choices=POSTPROCESS_CHOICES, default=None,
                         help="largest_component (default): keep each class's largest 3D component in every "
                              "evaluation (one structure per class); none: raw arg-max")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -116,8 +120,8 @@ def register(subparsers, bench_subparsers) -> None:
         "evaluate", help="score a checkpoint on a labelled directory (3D Dice, HD95 per class) to JSON")
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint written by train or bench offline")
     evaluate.add_argument("--data", required=True, help="directory with dense labels (*.h5 or images/ + labels/)")
-    evaluate.add_argument("--postprocess", choices=("largest_component", "none"), default="largest_component",
-                          help="as in train (default largest_component)")  # learner.postprocess.POSTPROCESSING
+    evaluate.add_argument("--postprocess", choices=POSTPROCESS_CHOICES, default="largest_component",
+                          help="as in train (default largest_component)")
     evaluate.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     evaluate.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     evaluate.add_argument("--out", default=None, help="result JSON path (default: print only)")

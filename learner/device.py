@@ -26,7 +26,9 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cpu":
         # oneDNN's own check passes on any AVX-512 CPU (emulated bf16); ask for the instructions
         checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        return bool(checker()) and bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"}) if checker else False
+        if checker is None or not checker():
+            return False
+        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
     return False
 
 
