@@ -55,15 +55,24 @@ class ClassContrastiveLoss(nn.Module):
         ):
             raise ValueError("features, probs and scribble must share (B, H, W)")
         labels = self.pseudo_labels(probs.detach(), scribble).reshape(-1)
-        flat = F.normalize(features, dim=1).permute(0, 2, 3, 1).reshape(-1, features.shape[1])
         present = [c for c in range(probs.shape[1]) if bool((labels == c).any())]
         if len(present) < 2:
             return features.sum() * 0.0
+        # Pixel p of the flattened (B, H, W) grid is column p % HW of batch item p // HW.
+        # Only the sampled anchors carry gradients, so only they are normalised in the graph;
+        # the prototypes (all pixels of a class) are computed without one.
+        per_item = features.flatten(2)  # (B, F, HW)
+        pixels = per_item.shape[-1]
+
+        def pixel_features(source: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+            return source[indices // pixels, :, indices % pixels]  # (n, F)
+
+        with torch.no_grad():
+            normalised = F.normalize(per_item.detach(), dim=1)
         prototypes, chosen, targets = [], [], []
         for slot, cls in enumerate(present):
             indices = torch.nonzero(labels == cls).squeeze(1)
-            with torch.no_grad():
-                prototypes.append(F.normalize(flat[indices].mean(dim=0), dim=0))
+            prototypes.append(F.normalize(pixel_features(normalised, indices).mean(dim=0), dim=0))
             if indices.numel() > self.max_pixels_per_class:
                 pick = torch.randperm(indices.numel(), device=indices.device)[
                     : self.max_pixels_per_class
@@ -71,6 +80,6 @@ class ClassContrastiveLoss(nn.Module):
                 indices = indices[pick]
             chosen.append(indices)
             targets.append(torch.full_like(indices, slot))
-        anchors = flat[torch.cat(chosen)]
-        logits = anchors @ torch.stack(prototypes).t() / self.temperature
+        anchors = F.normalize(pixel_features(per_item, torch.cat(chosen)), dim=1)
+        logits = anchors @ torch.stack(prototypes).t().to(anchors.dtype) / self.temperature
         return F.cross_entropy(logits, torch.cat(targets))
