@@ -9,7 +9,7 @@ METHOD_CHOICES = ("pce", "pce_crf", "attention", "distill", "full")  # offline m
 # Copies of learner.device.PRECISIONS and learner.postprocess.POSTPROCESSING, kept here so that
 # parsing imports neither torch nor scipy; tests assert that they match.
 PRECISION_CHOICES = ("auto", "bf16", "fp32")
-POSTPROCESS_CHOICES = ("largest_component", "none")
+POSTPROCESS_CHOICES = ("largest_component", "none")  # the first is the default
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -120,8 +120,9 @@ def register(subparsers, bench_subparsers) -> None:
         "evaluate", help="score a checkpoint on a labelled directory (3D Dice, HD95 per class) to JSON")
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint written by train or bench offline")
     evaluate.add_argument("--data", required=True, help="directory with dense labels (*.h5 or images/ + labels/)")
-    evaluate.add_argument("--postprocess", choices=POSTPROCESS_CHOICES, default="largest_component",
-                          help="as in train (default largest_component)")
+    evaluate.add_argument("--postprocess", choices=POSTPROCESS_CHOICES, default=None,
+                          help="as in train (default: what the checkpoint was validated with, "
+                               f"{POSTPROCESS_CHOICES[0]} for older checkpoints)")
     evaluate.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     evaluate.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     evaluate.add_argument("--out", default=None, help="result JSON path (default: print only)")

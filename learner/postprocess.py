@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-#: Names of the post-processing choices, as recorded in benchmark JSON.
+#: Names of the post-processing choices, as recorded in benchmark JSON; the first is the
+#: default of training, benchmarks and ``scribbleflow evaluate``.
 POSTPROCESSING = ("largest_component", "none")
+DEFAULT_POSTPROCESSING = POSTPROCESSING[0]
 
 
 def keep_largest_component(labels_zyx: np.ndarray, num_classes: int) -> np.ndarray:

@@ -33,7 +33,7 @@ from learner.objective import (
     build_objective,
     network_config_for,
 )
-from learner.postprocess import POSTPROCESSING, postprocess_labels
+from learner.postprocess import DEFAULT_POSTPROCESSING, POSTPROCESSING, postprocess_labels
 from learner.scribbles import ScribbleEffort, boundary_effort, simulate_scribbles
 from registration.volume import UNLABELLED
 
@@ -63,7 +63,7 @@ class TrainSettings:
     augment: bool = True
     channels: tuple[int, ...] | None = None  # None = NetworkConfig's default
     precision: str = "auto"  # learner.device.PRECISIONS; auto = bf16 autocast where native
-    postprocess: str = "largest_component"  # learner.postprocess.POSTPROCESSING, in every evaluation
+    postprocess: str = DEFAULT_POSTPROCESSING  # learner.postprocess.POSTPROCESSING, in every evaluation
     weights: ObjectiveWeights = field(default_factory=ObjectiveWeights)
     progress_bar: bool = True
 
@@ -197,7 +197,7 @@ def training_step(model: torch.nn.Module, objective: Objective, batch: dict,
 
 def evaluate(model: torch.nn.Module, cases: list[Case], *, size: int, num_classes: int,
              with_hd95: bool = True, device: torch.device | None = None,
-             postprocess: str = "none") -> dict:
+             postprocess: str) -> dict:
     """Mean 3D metrics over ``cases`` (dense labels needed): see learner.metrics.summarize.
     Predictions go through ``learner.postprocess.postprocess_labels(.., postprocess)`` first.
     HD95 uses each case's spacing (voxel units for HDF5 data, which keeps none); the result's
@@ -213,6 +213,11 @@ def evaluate(model: torch.nn.Module, cases: list[Case], *, size: int, num_classe
         else:
             per_case.append({cls: {"dice": d, "hd95": math.nan} for cls, d in dice_per_class(pred, case.label, num_classes).items()})
     summary = summarize(per_case)
+    if not with_hd95:  # not computed, rather than undefined everywhere
+        for scores in (summary, *summary["per_class"].values()):
+            for key in ("mean_hd95", "hd95", "hd95_undefined"):
+                scores.pop(key, None)
+        return summary
     summary["hd95_unit"] = "mm" if all(case.spacing_known for case in cases) else "voxels"
     return summary
 
@@ -285,7 +290,8 @@ def train(settings: TrainSettings, train_cases: list[Case], val_cases: list[Case
     val_interval_seconds = budget / VALIDATIONS_PER_RUN  # used when val_every is None
     history: list[dict] = []
     best = {"dice": -1.0, "iteration": 0, "state": None}
-    metadata = {"method": method, "size": size, "num_classes": num_classes, "seed": settings.seed}
+    metadata = {"method": method, "size": size, "num_classes": num_classes, "seed": settings.seed,
+                "postprocess": settings.postprocess}
 
     def validate(iteration: int) -> None:
         summary = evaluate(model, val_cases, size=size, num_classes=num_classes, with_hd95=False, device=device,

@@ -112,6 +112,8 @@ def refine_by_appearance(
     if sigma <= 0:
         return labels_yx
     seeded = seeds_yx != UNLABELLED
+    if not seeded.any():  # nothing to learn appearances from
+        return labels_yx
     counts = np.bincount(seeds_yx[seeded].astype(np.int64), minlength=num_classes)
     if counts[counts > 0].min() < REFINE_MIN_SEEDS:  # clicks: too few pixels for a histogram
         return labels_yx

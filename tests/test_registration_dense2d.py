@@ -76,3 +76,5 @@ def test_clicks_are_too_few_pixels_for_the_appearance_refinement():
     misplaced = np.zeros_like(truth)
     misplaced[:, 30:] = 1
     assert (refine_by_appearance(misplaced, image, seeds, 2) == misplaced).all()
+    no_seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    assert (refine_by_appearance(misplaced, image, no_seeds, 2) == misplaced).all()

@@ -16,7 +16,9 @@ import torch
 
 from learner.checkpoints import load_checkpoint
 from learner.data import load_cases
-from learner.train import TrainSettings, default_size, num_classes_of, poly_lr, train
+from learner.networks import build_network
+from learner.objective import network_config_for
+from learner.train import TrainSettings, default_size, evaluate, num_classes_of, poly_lr, train
 from tests.learner_synthetic import disk_and_ring, write_h5_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,10 +87,11 @@ def test_bench_offline_command_writes_json(tmp_path):
     out = tmp_path / "result" / "pce.json"
     command = [sys.executable, "-m", "server.cli", "bench", "offline", "--train", str(train_dir), "--val", str(val_dir),
                "--test", str(test_dir), "--method", "pce", "--minutes", "0.2", "--size", "32", "--batch", "4",
-               "--seed", "1", "--no-progress", "--out", str(out)]
+               "--seed", "1", "--postprocess", "none", "--no-progress", "--out", str(out)]
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     report = json.loads(out.read_text())
+    assert report["postprocess"] == "none"
     for key in ("method", "minutes", "iterations", "iterations_per_second", "batch", "size", "test", "val", "checkpoint"):
         assert key in report
     assert report["method"] == "pce" and report["minutes"] == 0.2 and report["batch"] == 4 and report["size"] == 32
@@ -108,9 +111,21 @@ def test_bench_offline_command_writes_json(tmp_path):
                "--data", str(test_dir), "--out", str(scored)]
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
-    scores = json.loads(scored.read_text())["scores"]
+    rescored = json.loads(scored.read_text())
+    assert rescored["postprocess"] == "none"  # taken from the checkpoint, not the CLI default
+    scores = rescored["scores"]
     assert scores["mean_dice"] == pytest.approx(report["test"]["mean_dice"])
     assert scores["per_class"] == report["test"]["per_class"]
+
+
+def test_evaluate_without_hd95_reports_no_distances(tmp_path):
+    cases = load_cases(write_h5_dataset(tmp_path / "val", 1, seed=9))
+    model = build_network(network_config_for("pce", 3)).eval()
+    summary = evaluate(model, cases, size=32, num_classes=3, with_hd95=False, postprocess="none")
+    assert set(summary) == {"mean_dice", "cases", "per_class"}
+    assert all(set(entry) == {"dice"} for entry in summary["per_class"].values())
+    with_distances = evaluate(model, cases, size=32, num_classes=3, postprocess="none")
+    assert {"mean_hd95", "hd95_undefined", "hd95_unit"} <= set(with_distances)
 
 
 def test_train_command_writes_checkpoint(tmp_path):

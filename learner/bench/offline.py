@@ -97,15 +97,18 @@ def run_offline_benchmark(args) -> dict:
     return report
 
 
-def evaluate_checkpoint(checkpoint: str, data_dir: str, *, postprocess: str = "largest_component",
+def evaluate_checkpoint(checkpoint: str, data_dir: str, *, postprocess: str | None = None,
                         device: str | None = None, threads: int | None = None) -> dict:
     """Score a saved model on a labelled directory (``scribbleflow evaluate``): {checkpoint,
-    data, postprocess, size, num_classes, metadata, device, scores: learner.metrics.summarize + hd95_unit}."""
+    data, postprocess, size, num_classes, metadata, device, scores: learner.metrics.summarize + hd95_unit}.
+    ``postprocess`` None = the one the checkpoint was validated with (its metadata), else
+    learner.postprocess.DEFAULT_POSTPROCESSING."""
     import torch
 
     from learner.checkpoints import load_checkpoint
     from learner.data import load_cases
     from learner.device import select_device
+    from learner.postprocess import DEFAULT_POSTPROCESSING
     from learner.train import evaluate
 
     if threads:
@@ -115,6 +118,7 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, *, postprocess: str = "l
     if "size" not in metadata:
         raise ValueError(f"{checkpoint}: no training size in its metadata; was it written by train or bench offline?")
     num_classes = int(metadata.get("num_classes", config.num_classes))
+    postprocess = postprocess or metadata.get("postprocess", DEFAULT_POSTPROCESSING)
     cases = load_cases(data_dir)
     started = time.perf_counter()
     scores = evaluate(model, cases, size=int(metadata["size"]), num_classes=num_classes, device=target,

@@ -109,18 +109,17 @@ def paint(seeds: np.ndarray, centres_zyx: np.ndarray, axis: int, radius: float, 
     return {(axis, int(i)) for i in np.unique(voxels[:, axis])}
 
 
-def paint_round(
-    request: schemas.RoundCreate,
-    geometry: Volume,
-    num_classes: int,
-    click_radius: float,
-    probabilities: np.ndarray | None,
-) -> PaintedInput:
-    """Seeds of one round's strokes and clicks on ``geometry``'s grid (later input wins).
+@dataclass
+class CheckedRound:
+    """A round's strokes and clicks with their points on the volume grid, (z, y, x)."""
 
-    ``probabilities`` (C, z, y, x), the current prediction, decides negative clicks; every
-    point and label is validated first, so a bad one rejects the round before any work.
-    """
+    strokes: list[tuple[np.ndarray, schemas.Stroke]]
+    clicks: list[tuple[np.ndarray, schemas.Click]]
+
+
+def check_round(request: schemas.RoundCreate, geometry: Volume, num_classes: int) -> CheckedRound:
+    """Every point and label of a round validated and mapped to (z, y, x) voxels; raises
+    BadInput naming the first bad stroke or click, before any work is done for the round."""
     if not request.scribbles and not request.clicks:
         raise BadInput("empty round: send at least one stroke or click")
     strokes = []
@@ -136,14 +135,27 @@ def paint_round(
         what = f"click {n}"
         check_label(click.label, num_classes, what)
         clicks.append((np.array([to_zyx(click.point, click.space, geometry, what)], dtype=np.int64), click))
+    return CheckedRound(strokes, clicks)
 
+
+def paint_round(
+    request: schemas.RoundCreate,
+    geometry: Volume,
+    num_classes: int,
+    click_radius: float,
+    probabilities: np.ndarray | None,
+) -> PaintedInput:
+    """Seeds of one round's strokes and clicks on ``geometry``'s grid (later input wins),
+    after :func:`check_round`. ``probabilities`` (C, z, y, x), the current prediction,
+    decides negative clicks."""
+    checked = check_round(request, geometry, num_classes)
     painted = PaintedInput(seeds=np.full(geometry.shape_zyx, UNLABELLED, dtype=np.uint8))
-    for points, stroke in strokes:
+    for points, stroke in checked.strokes:
         axis = stroke_axis(points)
         voxels = polyline_voxels(points)
         painted.planes |= paint(painted.seeds, voxels, 0 if axis is None else axis, stroke.radius, stroke.label)
         painted.strokes += 1
-    for point, click in clicks:
+    for point, click in checked.clicks:
         label = click.label if click.positive else other_label(probabilities, point[0], click.label, num_classes)
         painted.planes |= paint(painted.seeds, point, 0, click_radius, label)
         painted.clicks += 1

@@ -306,9 +306,11 @@ def add_round(
     with ctx.image_locks(session.image_id):
         prepared = _prepare(ctx, db, principal, session)
         volume = images.load_volume(ctx.datastore, prepared.image)
+        num_classes = len(prepared.project.labels)
+        interactions.check_round(request, volume, num_classes)  # reject bad input before predicting
         prediction = _round_prediction(ctx, prepared, session, volume)
         painted = interactions.paint_round(
-            request, volume, len(prepared.project.labels), ctx.settings.click_radius, prediction.probabilities
+            request, volume, num_classes, ctx.settings.click_radius, prediction.probabilities
         )
         record = request.model_dump(mode="json")
         return _store_round(ctx, db, principal, session, prepared, volume, prediction, painted,
