@@ -140,6 +140,10 @@ def test_invalid_project_requests(client, admin_headers, project):
     response = client.patch(f"/api/v1/projects/{project['id']}/learning", json={"online": {"no_such_knob": 1}},
                             headers=admin_headers)
     assert_problem(response, 400, "no_such_knob")
+    response = client.patch(f"/api/v1/projects/{project['id']}/learning", json={"online": {"batch_size": 10_000}},
+                            headers=admin_headers)
+    assert_problem(response, 400, "batch_size must be at most")
+    assert client.get(f"/api/v1/projects/{project['id']}", headers=admin_headers).json()["learning"] == project["learning"]
 
 
 
