@@ -55,10 +55,24 @@ class UpdateCancelled(RuntimeError):
     """Raised inside an update when ``should_stop`` asked it to end."""
 
 
-#: Upper bounds of settings an admin can change over the API: beyond them one job would hold
-#: the worker for hours or run out of memory (the API answers 400 naming the setting).
-ONLINE_UPPER_BOUNDS = {"size": 1024, "batch_size": 64, "replay_capacity": 1000,
+#: Upper bounds of the integer settings an admin can change over the API: beyond them one job
+#: would hold the worker for hours or run out of memory. Checked by :func:`check_setting_change`
+#: on changes only, so settings stored before the bounds existed still load.
+ONLINE_UPPER_BOUNDS = {"size": 1024, "batch_size": 64, "replay_per_batch": 63, "replay_capacity": 1000,
                        "replay_slices_per_image": 512, "schedule_images": 100_000}
+
+
+def check_setting_change(change: dict) -> None:
+    """Raise ValueError naming the first value of ``change`` (OnlineSettings field -> new value)
+    that is not a whole number where one is needed or exceeds :data:`ONLINE_UPPER_BOUNDS`."""
+    for name, most in ONLINE_UPPER_BOUNDS.items():
+        if name not in change:
+            continue
+        value = change[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        if value > most:
+            raise ValueError(f"{name} must be at most {most}, got {value}")
 
 
 @dataclass
@@ -85,9 +99,6 @@ class OnlineSettings:
     def __post_init__(self) -> None:
         if self.size < 16 or self.size % 16:
             raise ValueError(f"size must be a positive multiple of 16, got {self.size}")
-        for name, most in ONLINE_UPPER_BOUNDS.items():
-            if getattr(self, name) > most:
-                raise ValueError(f"{name} must be at most {most}, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if not 0 <= self.replay_per_batch < self.batch_size:

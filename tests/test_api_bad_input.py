@@ -143,6 +143,9 @@ def test_invalid_project_requests(client, admin_headers, project):
     response = client.patch(f"/api/v1/projects/{project['id']}/learning", json={"online": {"batch_size": 10_000}},
                             headers=admin_headers)
     assert_problem(response, 400, "batch_size must be at most")
+    response = client.patch(f"/api/v1/projects/{project['id']}/learning", json={"online": {"size": 64.0}},
+                            headers=admin_headers)
+    assert_problem(response, 400, "size must be a whole number")
     assert client.get(f"/api/v1/projects/{project['id']}", headers=admin_headers).json()["learning"] == project["learning"]
 
 
@@ -197,3 +200,19 @@ def test_physical_point_mapping_to_an_infinite_index_is_outside_the_volume():
     geometry = Volume(np.zeros((4, 5, 6), dtype=np.float32), spacing_xyz=(0.5, 0.5, 0.5))
     with pytest.raises(BadInput, match="outside the volume"):
         to_zyx((1.7e308, 0.0, 0.0), "physical", geometry, "click 1")
+
+
+def test_online_bounds_apply_to_changes_not_to_stored_settings():
+    from learner.online import ONLINE_UPPER_BOUNDS, OnlineSettings, check_setting_change
+    from server.settings import Settings
+
+    # settings stored before the bounds existed still load (jobs, deletions, other PATCHes)
+    assert OnlineSettings.from_dict({"batch_size": 200}).batch_size == 200
+    with pytest.raises(ValueError, match="batch_size must be at most 64"):
+        check_setting_change({"batch_size": 200})
+    check_setting_change({"batch_size": 64, "learning_rate": 0.5})
+    # the server's defaults for new projects use the same bounds
+    limits = {name: field.metadata for name, field in Settings.model_fields.items()}
+    for setting, online_name in (("model_size", "size"), ("replay_capacity", "replay_capacity")):
+        upper = [m.le for m in limits[setting] if getattr(m, "le", None) is not None]
+        assert upper == [ONLINE_UPPER_BOUNDS[online_name]]

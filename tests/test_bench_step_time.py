@@ -1,5 +1,8 @@
 import json
 
+import pytest
+import torch
+
 from learner.bench.step_time import main, synthetic_batch
 from registration.volume import UNLABELLED
 
@@ -11,7 +14,14 @@ def test_synthetic_batch_has_every_class_scribbled():
     assert drawn == {0, 1, 2}
 
 
-def test_step_time_writes_one_result_per_method_and_layout(tmp_path):
+@pytest.fixture
+def keep_torch_threads():
+    threads = torch.get_num_threads()  # main() sets the process-wide count
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_step_time_writes_one_result_per_method_and_layout(tmp_path, keep_torch_threads):
     out = tmp_path / "steps.json"
     assert main(["--methods", "pce,attention", "--layout", "channels_last,contiguous", "--size", "32",
                  "--batch", "2", "--steps", "1", "--warmup", "0", "--precision", "fp32",

@@ -68,6 +68,13 @@ def test_row_logsumexp_in_chunks_matches_dense_and_its_gradient():
     dense = torch.logsumexp(query @ key.transpose(1, 2), dim=-1)
     torch.testing.assert_close(row_logsumexp(query, key, chunk=4), dense)
     assert torch.autograd.gradcheck(lambda q, k: row_logsumexp(q, k, chunk=4), (query, key))
+    # one chunk: the forward's softmax is kept for backward (a repeated backward recomputes it,
+    # equal up to rounding, hence the tolerance for gradcheck's repeatability check)
+    torch.testing.assert_close(row_logsumexp(query, key), dense)
+    assert torch.autograd.gradcheck(lambda q, k: row_logsumexp(q, k), (query, key), nondet_tol=1e-12)
+    with pytest.raises(RuntimeError):  # second derivatives are refused, not silently wrong
+        grad_q, = torch.autograd.grad(row_logsumexp(query, key).sum(), query, create_graph=True)
+        grad_q.sum().backward()
 
 
 def test_resize_probs_keeps_probabilities():

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from learner.losses.window import (
     half_window_offsets,
@@ -36,7 +37,8 @@ class _RowLogSumExp(torch.autograd.Function):
     Forward and backward walk over row chunks; memory O(chunk * M) instead of O(N * M).
     dL_i/dq_i = sum_j s_ij k_j,  dL_i/dk_j = s_ij q_i,  s_ij = exp(q_i . k_j - L_i).
     The matrix products run in the inputs' dtype (bfloat16 under autocast: the attention
-    block's own precision), the exponentials and sums in float32 at least. When one chunk holds the
+    block's own precision, so each logit carries bf16 rounding); the exponentials and sums
+    run in float32 at least. When one chunk holds the
     whole matrix its softmax is kept for backward instead of being recomputed.
     """
 
@@ -60,6 +62,7 @@ class _RowLogSumExp(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the kept softmax has no graph: second derivatives are not offered
     def backward(ctx, grad_out: torch.Tensor):
         query, key, out = ctx.saved_tensors
         chunk = ctx.chunk
@@ -155,10 +158,14 @@ class AttentiveSimilarityLoss(nn.Module):
         # For pair (i, j = i + o): logits q_i.k_j and q_j.k_i, normalisers L_i and L_j.
         # On a CPU the offset loop beats the tiled matrix products (about 2x for 64 channels at
         # 32 x 32 and 64 x 64); on a GPU one batched product saves ~100 kernel launches.
+        # Autocast would run the tiled products (bmm) in bf16: these must stay in work_dtype.
         pair_dot = window_pair_dot_tiled if query.is_cuda else window_pair_dot
-        logit_ij = pair_dot(query_map, key_map, offsets)  # (B*heads, O, h, w)
-        logit_ji = pair_dot(key_map, query_map, offsets)
-        norm_j = pair_dot(torch.ones_like(log_norm), log_norm, offsets)
+        with torch.autocast(query.device.type, enabled=False):
+            logit_ij = pair_dot(query_map, key_map, offsets)  # (B*heads, O, h, w)
+            logit_ji = pair_dot(key_map, query_map, offsets)
+            norm_j = pair_dot(torch.ones_like(log_norm), log_norm, offsets)
+            probs = resize_probs(probs.to(work_dtype), height, width)
+            disagreement = 1.0 - pair_dot(probs, probs, offsets)
         # Invalid pairs get a very negative logit: their S is exactly 0 and carries no gradient.
         invalid = ~valid
         s_ij = torch.exp((logit_ij - log_norm).masked_fill(invalid, -1e4))
@@ -166,8 +173,6 @@ class AttentiveSimilarityLoss(nn.Module):
         symmetric = (s_ij + s_ji).reshape(batch, heads, len(offsets), height, width).mean(dim=1)
         similarity = torch.sigmoid(attention.scale * symmetric + attention.bias)  # (B, O, h, w)
 
-        probs = resize_probs(probs.to(work_dtype), height, width)
-        disagreement = 1.0 - pair_dot(probs, probs, offsets)
         gaussian = torch.tensor(
             [math.exp(-(dy * dy + dx * dx) / (2.0 * self.sigma**2)) for dy, dx in offsets],
             dtype=work_dtype,

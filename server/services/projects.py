@@ -41,7 +41,7 @@ def default_learning(settings: Settings) -> dict[str, Any]:
 
 def merged_learning(current: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
     """``current`` with the fields of ``change`` (``online`` merged per key), validated."""
-    from learner.online import OnlineSettings
+    from learner.online import OnlineSettings, check_setting_change
 
     merged = copy.deepcopy(current)
     for key, value in change.items():
@@ -52,6 +52,7 @@ def merged_learning(current: dict[str, Any], change: dict[str, Any]) -> dict[str
         else:
             merged[key] = value
     try:
+        check_setting_change(change.get("online") or {})
         merged["online"] = OnlineSettings.from_dict(merged["online"]).to_dict()
     except (TypeError, ValueError) as exc:
         raise BadInput(f"invalid online learning settings: {exc}") from None
