@@ -4,7 +4,8 @@ The attention block's S = row-softmax(Q K^T) is an N x N matrix (N = 4096 for a 
 12 x 4096 x 4096 floats = 805 MB per tensor at batch 12, several of them with autograd).
 The loss only needs S_ij and S_ji for pixel pairs inside a small window, so this module
 computes the row log-normalisers L_i = logsumexp_j(q_i . k_j) chunk by chunk with a custom
-autograd function (recomputing the chunks in backward), and the logits q_i . k_j of window
+autograd function (recomputing the chunks in backward, unless one chunk holds the whole
+matrix), and the logits q_i . k_j of window
 pairs only (:mod:`learner.losses.window`); then
 S_ij = exp(q_i . k_j - L_i).
 """
@@ -38,8 +39,8 @@ class _RowLogSumExp(torch.autograd.Function):
     dL_i/dq_i = sum_j s_ij k_j,  dL_i/dk_j = s_ij q_i,  s_ij = exp(q_i . k_j - L_i).
     The matrix products run in the inputs' dtype (bfloat16 under autocast: the attention
     block's own precision, so each logit carries bf16 rounding); the exponentials and sums
-    run in float32 at least. When one chunk holds the
-    whole matrix its softmax is kept for backward instead of being recomputed.
+    run in float32 at least. When one chunk holds the whole matrix its softmax is kept for
+    backward instead of being recomputed.
     """
 
     @staticmethod
