@@ -68,6 +68,12 @@ class PropagationSettings:
     smoothing_sigma: float = 0.75
     #: Probability under which a carried class counts as gone when cropping the result.
     negligible: float = 1e-3
+    #: Beyond the outermost annotation (when at least two annotated slices hold foreground),
+    #: each class also keeps (e1 / e)^presence_exponent (capped at 1, never regained) of its
+    #: weight, e = mean |carried annotated image - slice| inside the class's carried region,
+    #: e1 = that at the first extrapolated key: a class whose region stops looking like the
+    #: annotated one fades faster (0: off).
+    presence_exponent: float = 1.0
 
 
 @dataclass
@@ -277,11 +283,21 @@ def propagate_axis(
             mixed = w_left * from_left[j][:-1] + w_right * from_right[j][:-1]
             working[:, j] = mixed / (w_left + w_right)
     fades: dict[int, np.ndarray] = {}
+    test_presence = settings.presence_exponent > 0 and len(with_foreground) > 1
     for start, stop, side in ((annotated[0], -1, "low"), (annotated[-1], len(keys), "high")):
+        first_error, presence = None, np.ones(num_classes - 1)
         for j, maps in carry(pos[start], stop).items():
             working[:, j] = maps[:-1]
             distance = abs(keys[j] - start)
             fades[j] = math.exp(-((distance / scales[side]) ** 2)) * trends[side] ** distance
+            if test_presence:  # does each carried class region still look like the annotation?
+                weights = maps[1:-1]
+                error = (weights * np.abs(maps[-1] - images[j])).sum(axis=(1, 2))
+                error /= weights.sum(axis=(1, 2)) + 1e-6
+                first_error = error if first_error is None else first_error
+                ratio = np.minimum(1.0, first_error / np.maximum(error, 1e-6))
+                presence = np.minimum(presence, ratio**settings.presence_exponent)
+                fades[j] = fades[j] * presence
     for j, keep in fades.items():
         working[:, j] = _fade_foreground(working[:, j], keep)
 

@@ -8,6 +8,7 @@ import pytest
 from registration.bench import choose_slices
 from registration.propagate import SliceAnnotation, labels_from_probabilities, propagate_to_volume
 from registration.resample import warp_bilinear
+from registration.slice_propagation import PropagationSettings
 from registration.slice_registration import DemonsSettings, register_slice_pairs
 from registration.synthetic import synthetic_volume
 from registration.volume import UNLABELLED
@@ -135,3 +136,22 @@ def test_slice_registration_recovers_a_shift(backend):
     assert field[1, 25, 26] == pytest.approx(-4.0, abs=1.0)
     warped = warp_bilinear(moving[None], field)[0]
     assert np.abs(warped - fixed).mean() < 0.25 * np.abs(moving - fixed).mean()
+
+
+def test_class_whose_region_stops_looking_like_the_annotation_fades_sooner():
+    # A bright disc on slices 0..11 of 20 that vanishes abruptly (a valve plane, not a taper);
+    # annotated on slices 4 and 10: past slice 11 the carried disc no longer matches the image.
+    z, y, x = np.mgrid[:20, :48, :40]
+    disc = ((y - 24) ** 2 + (x - 20) ** 2 <= 10**2) & (z < 12)
+    rng = np.random.default_rng(0)
+    image = np.where(disc, 0.8, 0.2) + 0.02 * rng.standard_normal(disc.shape)
+    labels = disc.astype(np.uint8)
+    annotations = annotate(labels, 0, [4, 10])
+    beyond = {}
+    for exponent in (0.0, 1.0):
+        # without the intensity model, which would also reject the vanished disc here
+        settings = PropagationSettings(presence_exponent=exponent, intensity_weight=0.0)
+        proxy = propagate_to_volume(image, annotations, 2, settings=settings)
+        beyond[exponent] = int(np.count_nonzero(proxy.labels[12:]))
+        assert dice(proxy.labels[:12], labels[:12], 1) > 0.95  # where it is, it stays
+    assert beyond[1.0] < beyond[0.0]
