@@ -14,8 +14,9 @@ first, and annotations are dense 2D label maps (h, w) on some of its n slices.
 4. Beyond the outermost annotation the foreground fades with distance: a structure reaches
    about as deep as it is wide (``depth_factor`` x its equivalent radius, in slices judged
    by how fast the image changes across slices), not much further than the annotator's
-   own spacing (``gap_factor`` x the mean gap), and classes seen shrinking towards the end
-   keep shrinking.
+   own spacing (``gap_factor`` x the mean gap), classes seen shrinking towards the end
+   keep shrinking, and (with two or more annotated slices holding foreground) a class
+   whose carried region stops matching the slice fades sooner (``presence_exponent``).
 5. Key slices are interpolated to every slice, smoothed a little in 3D and up-sampled to
    full resolution inside the window where any foreground remains (elsewhere the result
    is background); there, each slice's probabilities are reweighted by a per-class
