@@ -73,8 +73,7 @@ def time_training_steps(method: str, *, size: int, batch: int, layout: str, prec
 
 
 def main(argv: list[str] | None = None) -> int:
-    from learner.commands import PRECISION_CHOICES
-    from learner.objective import METHODS
+    from learner.commands import METHOD_CHOICES, PRECISION_CHOICES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="pce,pce_crf,attention,distill,full")
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     layouts = [layout for layout in args.layout.split(",") if layout]
-    unknown = [m for m in methods if m not in METHODS or m == "online"] + [x for x in layouts if x not in LAYOUTS]
+    unknown = [m for m in methods if m not in METHOD_CHOICES] + [x for x in layouts if x not in LAYOUTS]
     if unknown:
         parser.error(f"unknown method or layout: {unknown}")
     if args.steps < 1 or args.warmup < 0 or args.size % 16 or args.batch < 1:
@@ -98,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
+    from learner.bench.offline import write_report_json
+
     torch.set_num_threads(args.threads)
     results = []
     for method, layout in tqdm([(m, x) for m in methods for x in layouts], desc="step time"):
@@ -105,11 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                                            precision=args.precision, steps=args.steps, warmup=args.warmup))
     report = {"size": args.size, "batch": args.batch, "threads": args.threads, "steps": args.steps,
               "results": results}
-    text = json.dumps(report, indent=2)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+        write_report_json(report, args.out)
+    print(json.dumps(report, indent=2))
     return 0
 
 
