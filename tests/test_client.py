@@ -73,7 +73,8 @@ def test_stroke_mode_paints_exactly_the_simulated_scribble(admin_client, tmp_pat
     volume, label = synthetic_volume(seed=5)
     scribble = simulate_scribbles(label, num_classes=3, slices=[3], seed=2).scribble
     strokes = strokes_from_scribble(scribble)
-    painted = interactions.paint_round(schemas.RoundCreate(scribbles=strokes), volume, 3, 0, None)
+    checked = interactions.check_round(schemas.RoundCreate(scribbles=strokes), volume, 3)
+    painted = interactions.paint_round(checked, volume, 3, 0, None)
     np.testing.assert_array_equal(painted.seeds, scribble)
 
     project = admin_client.create_project("k", ["inner", "ring"])

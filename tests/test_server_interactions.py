@@ -41,7 +41,8 @@ def test_stroke_is_painted_in_its_plane_with_the_brush_radius(geometry):
     request = schemas.RoundCreate(
         scribbles=[schemas.Stroke(points=[(2, 6, 3), (10, 6, 3)], label=1, radius=1.0)]
     )
-    painted = interactions.paint_round(request, geometry, 3, click_radius=0, probabilities=None)
+    checked = interactions.check_round(request, geometry, 3)
+    painted = interactions.paint_round(checked, geometry, 3, click_radius=0, probabilities=None)
     drawn = painted.seeds != UNLABELLED
     assert painted.planes == {(0, 3)}
     assert drawn.sum(axis=(1, 2)).nonzero()[0].tolist() == [3]  # only slice z = 3
@@ -53,7 +54,8 @@ def test_stroke_is_painted_in_its_plane_with_the_brush_radius(geometry):
 
 def test_stroke_on_a_sagittal_plane_stays_on_it(geometry):
     request = schemas.RoundCreate(scribbles=[schemas.Stroke(points=[(5, 1, 0), (5, 9, 4)], label=2, radius=0)])
-    painted = interactions.paint_round(request, geometry, 3, click_radius=0, probabilities=None)
+    checked = interactions.check_round(request, geometry, 3)
+    painted = interactions.paint_round(checked, geometry, 3, click_radius=0, probabilities=None)
     assert painted.planes == {(2, 5)}
     assert np.all(np.argwhere(painted.seeds != UNLABELLED)[:, 2] == 5)
 
@@ -64,7 +66,8 @@ def test_negative_click_takes_the_most_probable_other_label(geometry):
     probabilities[2] = 0.3
     probabilities[0] = 0.1
     request = schemas.RoundCreate(clicks=[schemas.Click(point=(4, 4, 2), label=1, positive=False)])
-    painted = interactions.paint_round(request, geometry, 3, click_radius=0, probabilities=probabilities)
+    checked = interactions.check_round(request, geometry, 3)
+    painted = interactions.paint_round(checked, geometry, 3, click_radius=0, probabilities=probabilities)
     assert painted.seeds[2, 4, 4] == 2
     assert painted.clicks == 1 and painted.voxels == 1
 
@@ -72,12 +75,12 @@ def test_negative_click_takes_the_most_probable_other_label(geometry):
 def test_label_out_of_range_is_rejected(geometry):
     request = schemas.RoundCreate(scribbles=[schemas.Stroke(points=[(1, 1, 1)], label=3)])
     with pytest.raises(BadInput, match="label 3 is out of range"):
-        interactions.paint_round(request, geometry, 3, click_radius=0, probabilities=None)
+        interactions.check_round(request, geometry, 3)
 
 
 def test_empty_round_is_rejected(geometry):
     with pytest.raises(BadInput, match="empty round"):
-        interactions.paint_round(schemas.RoundCreate(), geometry, 3, click_radius=0, probabilities=None)
+        interactions.check_round(schemas.RoundCreate(), geometry, 3)
 
 
 def test_empty_stroke_fails_validation():

@@ -139,16 +139,15 @@ def check_round(request: schemas.RoundCreate, geometry: Volume, num_classes: int
 
 
 def paint_round(
-    request: schemas.RoundCreate,
+    checked: CheckedRound,
     geometry: Volume,
     num_classes: int,
     click_radius: float,
     probabilities: np.ndarray | None,
 ) -> PaintedInput:
-    """Seeds of one round's strokes and clicks on ``geometry``'s grid (later input wins),
-    after :func:`check_round`. ``probabilities`` (C, z, y, x), the current prediction,
+    """Seeds of one round's strokes and clicks (from :func:`check_round`) on ``geometry``'s
+    grid, later input winning. ``probabilities`` (C, z, y, x), the current prediction,
     decides negative clicks."""
-    checked = check_round(request, geometry, num_classes)
     painted = PaintedInput(seeds=np.full(geometry.shape_zyx, UNLABELLED, dtype=np.uint8))
     for points, stroke in checked.strokes:
         axis = stroke_axis(points)

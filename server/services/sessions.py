@@ -307,10 +307,10 @@ def add_round(
         prepared = _prepare(ctx, db, principal, session)
         volume = images.load_volume(ctx.datastore, prepared.image)
         num_classes = len(prepared.project.labels)
-        interactions.check_round(request, volume, num_classes)  # reject bad input before predicting
+        checked = interactions.check_round(request, volume, num_classes)  # before the prediction's cost
         prediction = _round_prediction(ctx, prepared, session, volume)
         painted = interactions.paint_round(
-            request, volume, num_classes, ctx.settings.click_radius, prediction.probabilities
+            checked, volume, num_classes, ctx.settings.click_radius, prediction.probabilities
         )
         record = request.model_dump(mode="json")
         return _store_round(ctx, db, principal, session, prepared, volume, prediction, painted,
