@@ -99,23 +99,22 @@ def summarize(per_case: Sequence[Mapping[int, Mapping[str, float]]]) -> dict:
     Class keys become strings (JSON object keys). HD95 is undefined (NaN) where one of the two
     masks is empty (a structure missed, or predicted where there is none): such cases are left
     out of the HD95 means and counted in ``hd95_undefined`` (per class, and in total), so that
-    a model that misses structures cannot hide it behind a small mean distance.
+    a model that misses structures cannot hide it behind a small mean distance. Cases scored
+    with Dice only (no "hd95" key) give a summary without the HD95 keys.
     """
     if not per_case:
         raise ValueError("no cases to summarise")
     classes = sorted(per_case[0])
-    per_class = {
-        str(cls): {
-            "dice": _nanmean([case[cls]["dice"] for case in per_case]),
-            "hd95": _nanmean([case[cls]["hd95"] for case in per_case]),
-            "hd95_undefined": sum(math.isnan(case[cls]["hd95"]) for case in per_case),
-        }
-        for cls in classes
-    }
-    return {
-        "mean_dice": _nanmean([v["dice"] for v in per_class.values()]),
-        "mean_hd95": _nanmean([v["hd95"] for v in per_class.values()]),
-        "cases": len(per_case),
-        "hd95_undefined": sum(v["hd95_undefined"] for v in per_class.values()),
-        "per_class": per_class,
-    }
+    with_hd95 = all("hd95" in case[cls] for case in per_case for cls in classes)
+    per_class = {}
+    for cls in classes:
+        per_class[str(cls)] = {"dice": _nanmean([case[cls]["dice"] for case in per_case])}
+        if with_hd95:
+            distances = [case[cls]["hd95"] for case in per_case]
+            per_class[str(cls)].update(hd95=_nanmean(distances), hd95_undefined=sum(map(math.isnan, distances)))
+    summary = {"mean_dice": _nanmean([v["dice"] for v in per_class.values()]), "cases": len(per_case)}
+    if with_hd95:
+        summary["mean_hd95"] = _nanmean([v["hd95"] for v in per_class.values()])
+        summary["hd95_undefined"] = sum(v["hd95_undefined"] for v in per_class.values())
+    summary["per_class"] = per_class
+    return summary

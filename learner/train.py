@@ -211,12 +211,9 @@ def evaluate(model: torch.nn.Module, cases: list[Case], *, size: int, num_classe
         if with_hd95:
             per_case.append(case_metrics(pred, case.label, num_classes, case.image.spacing_zyx))
         else:
-            per_case.append({cls: {"dice": d, "hd95": math.nan} for cls, d in dice_per_class(pred, case.label, num_classes).items()})
+            per_case.append({cls: {"dice": d} for cls, d in dice_per_class(pred, case.label, num_classes).items()})
     summary = summarize(per_case)
-    if not with_hd95:  # not computed, rather than undefined everywhere
-        for scores in (summary, *summary["per_class"].values()):
-            for key in ("mean_hd95", "hd95", "hd95_undefined"):
-                scores.pop(key, None)
+    if not with_hd95:
         return summary
     summary["hd95_unit"] = "mm" if all(case.spacing_known for case in cases) else "voxels"
     return summary
