@@ -134,18 +134,12 @@ def test_invalid_project_requests(client, admin_headers, project):
     assert_problem(response, 422, "labels")
     response = client.post("/api/v1/projects", json={"name": "y", "labels": ["a", "a"]}, headers=admin_headers)
     assert_problem(response, 422, "distinct")
-    response = client.patch(f"/api/v1/projects/{project['id']}/learning", json={"online": {"size": 33}},
-                            headers=admin_headers)
-    assert_problem(response, 400, "size")
-    response = client.patch(f"/api/v1/projects/{project['id']}/learning", json={"online": {"no_such_knob": 1}},
-                            headers=admin_headers)
-    assert_problem(response, 400, "no_such_knob")
-    response = client.patch(f"/api/v1/projects/{project['id']}/learning", json={"online": {"batch_size": 10_000}},
-                            headers=admin_headers)
-    assert_problem(response, 400, "batch_size must be at most")
-    response = client.patch(f"/api/v1/projects/{project['id']}/learning", json={"online": {"size": 64.0}},
-                            headers=admin_headers)
-    assert_problem(response, 400, "size must be a whole number")
+    for online, message in (({"size": 33}, "size"), ({"no_such_knob": 1}, "no_such_knob"),
+                            ({"batch_size": 10_000}, "batch_size must be at most"),
+                            ({"size": 64.0}, "size must be a whole number")):
+        response = client.patch(f"/api/v1/projects/{project['id']}/learning", json={"online": online},
+                                headers=admin_headers)
+        assert_problem(response, 400, message)
     assert client.get(f"/api/v1/projects/{project['id']}", headers=admin_headers).json()["learning"] == project["learning"]
 
 

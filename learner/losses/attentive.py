@@ -5,9 +5,8 @@ The attention block's S = row-softmax(Q K^T) is an N x N matrix (N = 4096 for a 
 The loss only needs S_ij and S_ji for pixel pairs inside a small window, so this module
 computes the row log-normalisers L_i = logsumexp_j(q_i . k_j) chunk by chunk with a custom
 autograd function (recomputing the chunks in backward, unless one chunk holds the whole
-matrix), and the logits q_i . k_j of window
-pairs only (:mod:`learner.losses.window`); then
-S_ij = exp(q_i . k_j - L_i).
+matrix), and the logits q_i . k_j of window pairs only (:mod:`learner.losses.window`);
+then S_ij = exp(q_i . k_j - L_i).
 """
 
 from __future__ import annotations
