@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from registration.bench import choose_slices
+from registration.class_borders import invisible_border_groups
 from registration.propagate import SliceAnnotation, labels_from_probabilities, propagate_to_volume
 from registration.resample import warp_bilinear
-from registration.slice_propagation import PropagationSettings
+from registration.slice_propagation import PropagationSettings, demons_for_distance
 from registration.slice_registration import DemonsSettings, register_slice_pairs
 from registration.synthetic import synthetic_volume
 from registration.volume import UNLABELLED
@@ -148,10 +149,56 @@ def test_class_whose_region_stops_looking_like_the_annotation_fades_sooner():
     labels = disc.astype(np.uint8)
     annotations = annotate(labels, 0, [4, 10])
     beyond = {}
-    for exponent in (0.0, 1.0):
-        # without the intensity model, which would also reject the vanished disc here
-        settings = PropagationSettings(presence_exponent=exponent, intensity_weight=0.0)
+    default = PropagationSettings().presence_exponent
+    for exponent in (0.0, default):
+        # without the intensity model, which would also reject the vanished disc here, and
+        # with a fade as slow as the annotator's gap, so that slices 0..3 stay
+        settings = PropagationSettings(presence_exponent=exponent, intensity_weight=0.0, gap_factor=1.0)
         proxy = propagate_to_volume(image, annotations, 2, settings=settings)
         beyond[exponent] = int(np.count_nonzero(proxy.labels[12:]))
         assert dice(proxy.labels[:12], labels[:12], 1) > 0.95  # where it is, it stays
-    assert beyond[1.0] < beyond[0.0]
+    assert default > 0 and beyond[default] < beyond[0.0]
+
+
+def test_coarse_registration_levels_only_for_slices_far_apart():
+    settings = PropagationSettings(demons=DemonsSettings(iterations=(20, 10)), coarse_min_step=1.5)
+    assert demons_for_distance(settings, 3.0).iterations == (20, 10)  # 10-mm cardiac slices
+    assert demons_for_distance(settings, 1.05).iterations == (0, 10)  # 1-mm slices
+
+
+def _tube_cut_by_a_plane():
+    """A striped bright tube running along z that drifts 1 pixel per slice in x (stripes and
+    all, so registration follows it), labelled 1 left of column 30 and 2 from it on (alike on
+    both sides: the cut is a convention, not an edge)."""
+    z, y, x = np.mgrid[:15, :40, :64]
+    shift = z - 7
+    tube = (np.abs(y - 20) <= 5) & (np.abs(x - 32 - shift) <= 20)
+    labels = np.where(tube, np.where(x < 30, 1, 2), 0).astype(np.uint8)
+    rng = np.random.default_rng(1)
+    stripes = 0.65 + 0.2 * np.sin(2 * np.pi * (x - shift) / 8.0)
+    image = np.where(tube, stripes, 0.1) + 0.02 * rng.standard_normal(tube.shape)
+    return image.astype(np.float32), labels
+
+
+def test_a_border_the_image_does_not_show_stays_where_it_was_drawn():
+    image, labels = _tube_cut_by_a_plane()
+    annotations = annotate(labels, 0, [7])
+    held = propagate_to_volume(image, annotations, 3).labels
+    carried = propagate_to_volume(image, annotations, 3, settings=PropagationSettings(invisible_border_similarity=2.0)).labels
+    for z in (4, 10):  # 3 slices from the annotation, the tube has drifted 3 pixels
+        row = labels[z, 20]
+        assert held[z, 20][row > 0].tolist() == row[row > 0].tolist()  # the cut stays at column 30
+        assert (carried[z, 20] != row).sum() >= 2  # registration drags the cut along with the tube
+    assert dice(held, labels, 1) > dice(carried, labels, 1) and dice(held, labels, 2) > dice(carried, labels, 2)
+
+
+def test_only_alike_touching_classes_share_a_held_border():
+    bins = 8
+    bright, dark = np.zeros(bins), np.zeros(bins)
+    bright[6], dark[1] = 1.0, 1.0
+    model = np.stack([dark, bright, bright, dark, bright])  # classes 1, 2, 4 alike; 3 differs
+    labels = np.zeros((10, 10), dtype=np.uint8)
+    labels[2:8, 1:4], labels[2:8, 4:7], labels[2:8, 7:9] = 1, 2, 3  # 1|2 touch, 2|3 touch
+    labels[0, 0] = 4  # alike but touching nothing
+    groups = invisible_border_groups(model, [labels], similarity=0.9)
+    assert [g.tolist() for g in groups] == [[1, 2]]
