@@ -37,18 +37,20 @@ def histogram_similarity(model: np.ndarray, a: int, b: int) -> float:
 def invisible_border_groups(
     model: np.ndarray, annotations: Sequence[np.ndarray], similarity: float
 ) -> list[np.ndarray]:
-    """Sorted class arrays of foreground classes joined (transitively) by a border on some
-    annotated slice (2D int labels) with histogram similarity >= ``similarity``."""
+    """Sorted class arrays of foreground classes joined by a border on some annotated slice
+    (2D int labels) with histogram similarity >= ``similarity``; joins are transitive, so
+    a group may hold two classes that are only linked through a third."""
     num_classes = model.shape[0]
     parent = list(range(num_classes))
+    present = sorted({int(c) for labels in annotations for c in np.unique(labels) if 0 < c < num_classes})
 
     def root(c: int) -> int:
         while parent[c] != c:
             c = parent[c]
         return c
 
-    for a in range(1, num_classes):
-        for b in range(a + 1, num_classes):
+    for i, a in enumerate(present):  # absent classes have flat, alike histograms: skip them
+        for b in present[i + 1 :]:
             if histogram_similarity(model, a, b) < similarity:
                 continue
             if any(((labels == a) & ndimage.binary_dilation(labels == b)).any() for labels in annotations):
@@ -74,8 +76,9 @@ def hold_invisible_borders(
 ) -> None:
     """In place: on every slice of ``probabilities`` (C, n, h, w) not in ``annotated``
     (slice -> labels (h, w)), each group's joint probability is split by the class the
-    nearest annotated slices hold there (the two around it, weighted by closeness and
-    multiplied by the carried split; beyond the outermost, that one alone)."""
+    nearest annotated slices holding any of the group hold there (the two around it,
+    weighted by closeness and multiplied by the carried split; beyond the outermost, that
+    one alone)."""
     n = probabilities.shape[1]
     for group in groups:
         maps = {i: m for i, labels in annotated.items() if (m := _nearest_group_class(labels, group)) is not None}

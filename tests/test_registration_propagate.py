@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from registration.bench import choose_slices
-from registration.class_borders import invisible_border_groups
+from registration.class_borders import hold_invisible_borders, invisible_border_groups
 from registration.propagate import SliceAnnotation, labels_from_probabilities, propagate_to_volume
 from registration.resample import warp_bilinear
 from registration.slice_propagation import PropagationSettings, demons_for_distance
@@ -202,3 +202,14 @@ def test_only_alike_touching_classes_share_a_held_border():
     labels[0, 0] = 4  # alike but touching nothing
     groups = invisible_border_groups(model, [labels], similarity=0.9)
     assert [g.tolist() for g in groups] == [[1, 2]]
+
+
+def test_between_two_annotations_the_held_split_mixes_them_by_distance_and_the_carried_split():
+    first, second = np.full((1, 1), 1), np.full((1, 1), 2)  # one pixel: class 1 at 0, 2 at 4
+    probabilities = np.full((3, 6, 1, 1), 1.0 / 3.0, dtype=np.float32)
+    probabilities[:, 5, 0, 0] = (0.3, 0.6, 0.1)  # beyond the last annotation only it counts ...
+    hold_invisible_borders(probabilities, {0: first, 4: second}, [np.array([1, 2])])
+    np.testing.assert_allclose(probabilities[:, 1, 0, 0], [1 / 3, 0.5, 1 / 6], atol=1e-5)  # 3/4 : 1/4
+    np.testing.assert_allclose(probabilities[:, 3, 0, 0], [1 / 3, 1 / 6, 0.5], atol=1e-5)
+    np.testing.assert_allclose(probabilities[:, 5, 0, 0], [0.3, 0.0, 0.7], atol=1e-5)  # ... as class 2
+    assert probabilities.dtype == np.float32
