@@ -87,7 +87,7 @@ def _numpy_demons(fixed: np.ndarray, moving: np.ndarray, settings: DemonsSetting
     n, h, w = fixed.shape
     field: np.ndarray | None = None
     for factor, iterations in zip(_levels((h, w), len(settings.iterations)), settings.iterations, strict=True):
-        if factor == 0 or iterations <= 0:  # a zero field needs no level of its own
+        if factor == 0 or (iterations <= 0 and field is None):  # a zero field needs no level of its own
             continue
         f = shrink_mean(fixed, factor)
         m = shrink_mean(moving, factor)
