@@ -1,8 +1,20 @@
-"""Fusion of the registration proxy with the model's probabilities.
+"""Fusion of the registration proxy with the model's probabilities, never worse than the proxy
+when the model cannot be trusted.
 
-Where the user labelled a voxel, that label wins. Elsewhere the two are mixed by the
-proxy's confidence w (1 near annotated slices, falling with distance):
-    fused = w * proxy + (1 - w) * model.
+The model's say in the answer is ``model_weight`` m in [0, 1], from ``model_reliability``
+(how well the model agrees with what the user drew on this image, and its validation Dice).
+Where the user labelled a voxel, that label wins. Elsewhere, per voxel,
+
+    a     = m * (1 - w) * (1 - H_model)
+    fused = (1 - a) * proxy + a * model
+
+with w the proxy's confidence (1 on annotated slices, falling with distance from them) and
+H_model the model's normalised entropy (0 = one class certain, 1 = uniform). So an
+untrusted model (m = 0) or a uniform one (H = 1) leaves the proxy exactly as it is, and a
+reliable, confident model fills in where the proxy is unsure, far from the annotations.
+(Mixing a flat distribution in with the proxy would otherwise pull border voxels towards
+the foreground classes, because the labels turn foreground once the background falls
+below one half.)
 """
 
 from __future__ import annotations
@@ -15,33 +27,119 @@ from registration.propagate import Proxy, labels_from_probabilities
 from registration.slice_propagation import one_hot
 from registration.volume import UNLABELLED
 
+#: Drawn voxels needed before agreement with them counts fully: with n drawn voxels the
+#: agreement is shrunk by n / (n + RELIABILITY_EVIDENCE) (a few clicks say little).
+RELIABILITY_EVIDENCE = 50
+
 
 @dataclass
 class Fused:
-    """labels: uint8 (z, y, x); probabilities: float32 (C, z, y, x) summing to one over C."""
+    """labels: uint8 (z, y, x); probabilities: float32 (C, z, y, x) summing to one over C;
+    model_weight: the m used (0 = the proxy alone)."""
 
     labels: np.ndarray
     probabilities: np.ndarray
+    model_weight: float = 0.0
 
 
-def fuse_with_model(proxy: Proxy, model_probabilities: np.ndarray, user_labels: np.ndarray) -> Fused:
-    """Confidence-weighted mix of ``proxy`` and ``model_probabilities`` (C, z, y, x), with the
-    user's labels (z, y, x; UNLABELLED where none) imposed where given."""
+def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """float32 (...) in [0, 1]: entropy of (C, ...) probabilities over log C (1 = uniform)."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float32), 1e-8, 1.0)
+    entropy = -(p * np.log(p)).sum(axis=0)
+    return (entropy / np.log(max(p.shape[0], 2))).clip(0.0, 1.0).astype(np.float32)
+
+
+def drawn_agreement(model_probabilities: np.ndarray, user_labels: np.ndarray) -> tuple[float, int] | None:
+    """(agreement in [0, 1], drawn voxels) of the model's argmax with the user's drawn voxels;
+    None when fewer than two classes are drawn (one class cannot tell a model from a
+    constant).
+
+    Balanced accuracy over the K drawn classes, BA = mean_c |argmax = c and drawn c| / |drawn c|,
+    rescaled so that a constant answer (BA = 1/K) or anything worse gives 0:
+    agreement = clip((BA - 1/K) / (1 - 1/K), 0, 1).
+    """
+    user = np.asarray(user_labels)
+    drawn = user != UNLABELLED
+    if not drawn.any():
+        return None
+    labels = user[drawn].astype(np.int64)
+    predicted = np.asarray(model_probabilities)[:, drawn].argmax(axis=0)
+    classes = np.unique(labels)
+    if classes.size < 2:
+        return None
+    recalls = [float(np.mean(predicted[labels == c] == c)) for c in classes]
+    chance = 1.0 / classes.size
+    agreement = (float(np.mean(recalls)) - chance) / (1.0 - chance)
+    return float(np.clip(agreement, 0.0, 1.0)), int(labels.size)
+
+
+def model_reliability(
+    model_probabilities: np.ndarray, user_labels: np.ndarray, validation_dice: float | None = None
+) -> float:
+    """How far the model can be trusted on this image, in [0, 1] (0: not at all).
+
+    ``model_probabilities``: (C, z, y, x); ``user_labels``: (z, y, x), a class where the user
+    drew, UNLABELLED elsewhere; ``validation_dice``: the model version's mean validation Dice
+    when the project has measured one.
+
+    With a = ``drawn_agreement`` (class-balanced accuracy on the drawn voxels, chance -> 0)
+    shrunk by the evidence, a' = a * n / (n + RELIABILITY_EVIDENCE) for n drawn voxels, and
+    v = clip(validation_dice, 0, 1):
+        both known: sqrt(a' * v)   (either one being low makes the model untrustworthy)
+        only one:   that one
+        neither:    0.
+    A uniform or random model scores 0 (its argmax is constant or at chance on the drawn
+    voxels); the truth itself scores n / (n + RELIABILITY_EVIDENCE), close to 1.
+    """
+    model = np.asarray(model_probabilities)
+    user = np.asarray(user_labels)
+    if model.ndim != 4 or model.shape[1:] != user.shape:
+        raise ValueError(f"model probabilities {model.shape} do not match user labels {user.shape}")
+    measured = drawn_agreement(model, user)
+    agreement = None
+    if measured is not None:
+        value, count = measured
+        agreement = value * count / (count + RELIABILITY_EVIDENCE)
+    validation = None if validation_dice is None else float(np.clip(validation_dice, 0.0, 1.0))
+    if agreement is not None and validation is not None:
+        return float(np.sqrt(agreement * validation))
+    if agreement is not None:
+        return float(agreement)
+    if validation is not None:
+        return validation
+    return 0.0
+
+
+def fuse_with_model(
+    proxy: Proxy, model_probabilities: np.ndarray, user_labels: np.ndarray, model_weight: float = 0.0
+) -> Fused:
+    """The proxy with the model filling in where it is trusted (module docstring), the user's
+    labels (z, y, x; UNLABELLED where none) imposed where given. ``model_weight`` = 0 returns
+    the proxy's labels and probabilities unchanged (with the user's labels)."""
     model = np.asarray(model_probabilities, dtype=np.float32)
     if model.shape != proxy.probabilities.shape:
         raise ValueError(f"model probabilities {model.shape} != proxy {proxy.probabilities.shape}")
     user = np.asarray(user_labels)
     if user.shape != proxy.labels.shape:
         raise ValueError(f"user labels {user.shape} != volume {proxy.labels.shape}")
+    if not 0.0 <= model_weight <= 1.0:
+        raise ValueError(f"model_weight must be in [0, 1], got {model_weight}")
     num_classes = model.shape[0]
-    w = np.clip(proxy.confidence, 0.0, 1.0)[None]
-    fused = w * proxy.probabilities + (1.0 - w) * model
-    fused /= np.maximum(fused.sum(axis=0, keepdims=True), 1e-12)
     known = user != UNLABELLED
-    if known.any():
-        values = user[known]
-        if (values >= num_classes).any() or (values < 0).any():
-            raise ValueError(f"user labels outside 0..{num_classes - 1}")
-        fused[:, known] = one_hot(values.astype(np.int64), num_classes)
-    labels = labels_from_probabilities(fused)
-    return Fused(labels, fused.astype(np.float32, copy=False))
+    values = user[known].astype(np.int64)
+    if values.size and (values.max() >= num_classes or values.min() < 0):
+        raise ValueError(f"user labels outside 0..{num_classes - 1}")
+
+    if model_weight > 0.0:
+        share = model_weight * (1.0 - np.clip(proxy.confidence, 0.0, 1.0)) * (1.0 - normalized_entropy(model))
+        fused = proxy.probabilities + share[None] * (model - proxy.probabilities)
+        fused = fused.astype(np.float32, copy=False)
+        fused /= np.maximum(fused.sum(axis=0, keepdims=True), 1e-12)
+        labels = labels_from_probabilities(fused)
+    else:
+        fused = np.array(proxy.probabilities, dtype=np.float32, copy=True)
+        labels = np.array(proxy.labels, dtype=np.uint8, copy=True)
+    if values.size:
+        fused[:, known] = one_hot(values, num_classes)
+        labels[known] = values.astype(np.uint8)
+    return Fused(labels, fused, float(model_weight))

@@ -3,7 +3,9 @@
 Data flow of a round (ARCHITECTURE.md): cumulative user seeds on annotated planes
  -> ``registration.dense2d.densify_slice`` per plane, guided by the model's probabilities
  -> ``registration.propagate.propagate_to_volume`` (3D proxy + confidence)
- -> ``registration.fusion.fuse_with_model`` with the model's probabilities
+ -> ``registration.fusion.model_reliability`` (the model's weight: its agreement with the
+    seeds and the serving version's validation Dice)
+ -> ``registration.fusion.fuse_with_model`` with the model's probabilities and that weight
  -> ``registration.residual`` (residual map and the next suggestion).
 All volumes are (z, y, x) on the image's grid; probabilities (C, z, y, x).
 """
@@ -27,6 +29,7 @@ class RoundComputation:
     segmentation: np.ndarray  # uint8 (z, y, x): the fused labels
     residual: np.ndarray  # float32 (z, y, x) in [0, 1]
     suggestion: object | None  # registration.residual.Suggestion
+    model_weight: float  # the model's weight in the fusion, in [0, 1] (0: the proxy stands)
 
 
 def compute_round(
@@ -36,13 +39,18 @@ def compute_round(
     planes: Iterable[tuple[int, int]],
     model_probabilities: np.ndarray,
     num_classes: int,
+    validation_dice: float | None = None,
 ) -> RoundComputation:
+    """``validation_dice``: the serving version's validation Dice when the project has one."""
     from registration.dense2d import densify_slice
-    from registration.fusion import fuse_with_model
+    from registration.fusion import fuse_with_model, model_reliability
     from registration.propagate import SliceAnnotation, propagate_to_volume
     from registration.residual import residual_map, suggest_next_interaction
 
     image = np.asarray(image_zyx, dtype=np.float32)
+    model_weight = model_reliability(model_probabilities, seeds, validation_dice)
+    # An untrusted model's edges would only add noise to the flooding relief.
+    guide = model_probabilities if model_weight > 0.0 else None
     annotations = []
     for axis, index in sorted(set(planes)):
         seeds_2d = np.take(seeds, index, axis=axis)
@@ -52,11 +60,11 @@ def compute_round(
             np.take(image, index, axis=axis),
             seeds_2d,
             num_classes,
-            probabilities_cyx=np.take(model_probabilities, index, axis=axis + 1),
+            probabilities_cyx=None if guide is None else np.take(guide, index, axis=axis + 1),
         )
         annotations.append(SliceAnnotation(axis=axis, index=index, labels=np.asarray(labels_2d)))
     proxy = propagate_to_volume(image, annotations, num_classes, spacing_zyx=spacing_zyx)
-    fused = fuse_with_model(proxy, model_probabilities, seeds)
+    fused = fuse_with_model(proxy, model_probabilities, seeds, model_weight)
     residual = residual_map(fused.probabilities, model_probabilities)
     return RoundComputation(
         proxy_labels=np.asarray(proxy.labels).astype(np.uint8),
@@ -65,6 +73,7 @@ def compute_round(
         segmentation=np.asarray(fused.labels).astype(np.uint8),
         residual=np.asarray(residual, dtype=np.float32),
         suggestion=suggest_next_interaction(residual),
+        model_weight=model_weight,
     )
 
 
