@@ -1,8 +1,16 @@
-"""Prometheus metrics of one server instance (own registry, exposed at ``GET /metrics``)."""
+"""Prometheus metrics of one server instance (own registry, exposed at ``GET /metrics``).
+
+Per-project gauges (serving version, its validation Dice, images accepted) are set from
+the database and the model registries at every scrape (``set_project_states``), so they
+are right whichever process trained the model; counters and histograms count the events
+this process saw.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,6 +23,18 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+ROUND_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120)
+
+
+@dataclass(frozen=True)
+class ProjectState:
+    """What the per-project gauges show of one project."""
+
+    project_id: int
+    name: str
+    serving_version: int | None
+    serving_dice: float | None
+    images_accepted: int
 
 
 class Metrics:
@@ -27,15 +47,45 @@ class Metrics:
         )
         self.rounds = Counter("scribbleflow_rounds", "Annotation rounds stored", ["kind"], registry=self.registry)
         self.round_seconds = Histogram(
-            "scribbleflow_round_compute_seconds", "Propagation + prediction + fusion time per round",
-            registry=self.registry, buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120),
+            "scribbleflow_round_compute_seconds", "Propagation + fusion + residual time per round, per project",
+            ["project"], registry=self.registry, buckets=ROUND_BUCKETS,
         )
         self.uploads = Counter("scribbleflow_uploads", "Images uploaded", ["format"], registry=self.registry)
         self.jobs = Counter("scribbleflow_jobs", "Training job state changes", ["state"], registry=self.registry)
         self.queue_depth = Gauge("scribbleflow_queue_depth", "Training jobs waiting", registry=self.registry)
+        self.job_seconds = Histogram(
+            "scribbleflow_job_seconds", "Training job run time, start to end, by final state", ["state"],
+            registry=self.registry, buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600),
+        )
+        self.project_info = Gauge("scribbleflow_project_info", "1 per project; its name", ["project", "name"],
+                                  registry=self.registry)
+        self.serving_version = Gauge("scribbleflow_project_serving_version", "Model version serving the project",
+                                     ["project"], registry=self.registry)
+        self.serving_dice = Gauge(
+            "scribbleflow_project_serving_validation_dice",
+            "Validation Dice of the serving version (absent until measured)", ["project"], registry=self.registry,
+        )
+        self.images_accepted = Gauge("scribbleflow_project_images_accepted", "Images with an accepted label",
+                                     ["project"], registry=self.registry)
+        self._project_lock = threading.Lock()
+
+    def set_project_states(self, states: list[ProjectState]) -> None:
+        """Replace the per-project gauges (projects deleted since the last scrape disappear)."""
+        with self._project_lock:
+            for gauge in (self.project_info, self.serving_version, self.serving_dice, self.images_accepted):
+                gauge.clear()
+            for state in states:
+                project = str(state.project_id)
+                self.project_info.labels(project, state.name).set(1)
+                self.images_accepted.labels(project).set(state.images_accepted)
+                if state.serving_version is not None:
+                    self.serving_version.labels(project).set(state.serving_version)
+                if state.serving_dice is not None:
+                    self.serving_dice.labels(project).set(state.serving_dice)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        with self._project_lock:
+            return generate_latest(self.registry)
 
 
 class RequestMetricsMiddleware:

@@ -226,6 +226,9 @@ class RoundOut(BaseModel):
     suggestion: Suggestion | None
     effort: Effort = Field(description="This round's own input.")
     compute_seconds: float
+    model_weight: float | None = Field(
+        None, description="The model's weight in this round's fusion, 0..1 (0: the registration proxy stands)."
+    )
     job_id: int | None = None
     links: dict[str, str]
 
@@ -328,3 +331,47 @@ class AuditOut(BaseModel):
     project_id: int | None
     image_id: int | None
     details: dict[str, Any]
+
+
+# --- admin dashboard ----------------------------------------------------------------------
+
+
+class DashboardJob(JobOut):
+    loss: float | None = Field(None, description="Final training loss of the job's model version.")
+    run_seconds: float | None = Field(None, description="From the job's start to its end.")
+    annotation_to_model_seconds: float | None = Field(
+        None, description="From its round (or accept) to its new model version; succeeded jobs only."
+    )
+
+
+class DashboardImage(ImageCurve):
+    is_validation: bool
+    dice_mean_per_round: list[float | None] = Field(
+        description="Per active round: mean Dice over the labels against the accepted label."
+    )
+    label_url: str | None = Field(None, description="Download of the accepted label (needs the token).")
+
+
+class RoundLatency(BaseModel):
+    window_seconds: int
+    rounds: int = Field(description="Rounds stored within the window.")
+    p50_seconds: float | None
+    p95_seconds: float | None
+
+
+class Dashboard(BaseModel):
+    """Everything the /admin page shows of one project, for one refresh."""
+
+    project_id: int
+    project_name: str
+    generated_at: datetime
+    serving_version: int | None
+    serving_dice: float | None = Field(description="Validation Dice of the serving version, if measured.")
+    images_total: int
+    images_accepted: int
+    queue_depth: int
+    job_states: dict[str, int] = Field(description="Number of jobs per state.")
+    round_latency: RoundLatency = Field(description="Round compute time (propagation + fusion) percentiles.")
+    versions: list[ModelVersionOut]
+    jobs: list[DashboardJob]
+    images: list[DashboardImage]

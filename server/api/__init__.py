@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.api import admin, health, images, jobs, models, projects, sessions
+from server.api import admin, dashboard, health, images, jobs, models, projects, sessions
 
 API_PREFIX = "/api/v1"
 
 
 def build_router() -> APIRouter:
     router = APIRouter(prefix=API_PREFIX)
-    for module in (health, projects, images, sessions, models, jobs, admin):
+    for module in (health, projects, images, sessions, models, jobs, admin, dashboard):
         router.include_router(module.router)
     return router

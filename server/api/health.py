@@ -9,8 +9,9 @@ from fastapi.responses import Response
 
 from server import schemas
 from server.api.deps import Ctx
-from server.auth import CurrentUser
+from server.auth import CurrentUser, Db
 from server.metrics import CONTENT_TYPE
+from server.services import dashboard
 
 router = APIRouter(tags=["health"])
 
@@ -28,6 +29,7 @@ def health(ctx: Ctx) -> schemas.Health:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(ctx: Ctx, _user: CurrentUser) -> Response:
+def metrics(ctx: Ctx, db: Db, _user: CurrentUser) -> Response:
     ctx.metrics.queue_depth.set(ctx.training.queue_depth())
+    ctx.metrics.set_project_states(dashboard.project_states(ctx, db))
     return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)

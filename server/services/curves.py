@@ -33,11 +33,7 @@ def learning_curve(ctx: AppContext, db: Session, project: Project) -> schemas.Le
             )
         )
     jobs = training.list_jobs(db, project.id)
-    latency = [
-        (job.finished_at - job.created_at).total_seconds()
-        for job in jobs
-        if job.state == "succeeded" and job.finished_at is not None
-    ]
+    latency = [seconds for job in jobs if (seconds := annotation_to_model_seconds(job)) is not None]
     return schemas.LearningCurve(
         versions=versions,
         images=image_curves,
@@ -45,3 +41,11 @@ def learning_curve(ctx: AppContext, db: Session, project: Project) -> schemas.Le
         annotation_to_model_seconds=latency,
         queue_depth=ctx.training.queue_depth(),
     )
+
+
+def annotation_to_model_seconds(job) -> float | None:
+    """From a job's round (or accept), when it was queued, to its new model version; None
+    unless the job succeeded. ``job``: a ``TrainingJob`` row or a ``schemas.JobOut``."""
+    if job.state != "succeeded" or job.finished_at is None:
+        return None
+    return (job.finished_at - job.created_at).total_seconds()

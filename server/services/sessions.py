@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -170,6 +171,7 @@ class Prediction:
     source: str  # model | atlas
     version: int | None
     probabilities: np.ndarray  # float32 (C, z, y, x)
+    validation_dice: float | None = None  # of the model version, when measured
 
 
 def _latest_accepted(db: Session, project_id: int, exclude: int) -> Image | None:
@@ -183,13 +185,14 @@ def _latest_accepted(db: Session, project_id: int, exclude: int) -> Image | None
 
 def _predict(
     ctx: AppContext, project: Project, image: Image, volume: Volume, atlas: Image | None,
-    atlas_file: Path | None,
+    atlas_file: Path | None, version: int | None = None,
 ) -> Prediction:
-    """The serving model's probabilities; before any trained model, an atlas proxy when possible."""
+    """The model's probabilities (``version``, default the serving one); before any trained
+    model, an atlas proxy when possible."""
     size = projects.model_size(project)
     if ctx.hub.has_useful_model(project.id):
-        version, probabilities = ctx.hub.predict(project.id, image.id, volume.array, size)
-        return Prediction("model", version, probabilities)
+        version, probabilities = ctx.hub.predict(project.id, image.id, volume.array, size, version)
+        return Prediction("model", version, probabilities, ctx.hub.validation_dice(project.id, version))
     if atlas_file is not None and atlas_file.exists():
         with np.load(atlas_file) as data:
             return Prediction("atlas", None, data["probabilities"].astype(np.float32))
@@ -204,8 +207,8 @@ def _predict(
             return Prediction("atlas", None, probabilities)
         except (RuntimeError, ValueError) as exc:  # registration failed: fall back to the model
             log.warning("atlas proposal for image %d failed (%s): using the serving model", image.id, exc)
-    version, probabilities = ctx.hub.predict(project.id, image.id, volume.array, size)
-    return Prediction("model", version, probabilities)
+    version, probabilities = ctx.hub.predict(project.id, image.id, volume.array, size, version)
+    return Prediction("model", version, probabilities, ctx.hub.validation_dice(project.id, version))
 
 
 # --- open -----------------------------------------------------------------------------------
@@ -229,7 +232,9 @@ def open_session(
         prediction = _predict(ctx, project, image, volume, atlas, None)
         labels = prediction.probabilities.argmax(axis=0).astype(np.uint8)
         uncertainty = pipeline.uncertainty_map(prediction.probabilities)
-        suggestion = pipeline.opening_suggestion(uncertainty)
+        suggestion = pipeline.opening_suggestion(
+            prediction.probabilities, prediction.validation_dice, volume.spacing_zyx
+        )
         ctx.datastore.write_volume(folder / SESSION_FILES["prediction"], volume, labels)
         ctx.datastore.write_volume(folder / SESSION_FILES["uncertainty"], volume, uncertainty)
         if prediction.source == "atlas":
@@ -337,7 +342,10 @@ def _round_prediction(ctx: AppContext, prepared: _Prepared, session: AnnotationS
     atlas_file = None
     if session.prediction_source == "atlas":
         atlas_file = ctx.datastore.resolve(session.dir) / SESSION_FILES["atlas_probabilities"]
-    return _predict(ctx, prepared.project, prepared.image, volume, None, atlas_file)
+    # The version the session opened with: its prediction of this image is cached, while a
+    # newer version (promoted since) would cost a whole-volume prediction inside the round.
+    version = session.model_version if session.prediction_source == "model" else None
+    return _predict(ctx, prepared.project, prepared.image, volume, None, atlas_file, version)
 
 
 def _store_round(
@@ -358,10 +366,11 @@ def _store_round(
     started = time.perf_counter()
     with ctx.compute():
         result = pipeline.compute_round(
-            volume.array, volume.spacing_zyx, seeds, planes, prediction.probabilities, len(project.labels)
+            volume.array, volume.spacing_zyx, seeds, planes, prediction.probabilities, len(project.labels),
+            validation_dice=prediction.validation_dice,
         )
     seconds = time.perf_counter() - started
-    ctx.metrics.round_seconds.observe(seconds)
+    ctx.metrics.round_seconds.labels(project=str(project.id)).observe(seconds)
 
     store = ctx.datastore
     folder = store.new_record_dir(store.resolve(image.path).parent, "rounds")
@@ -398,6 +407,7 @@ def _store_round(
             effort=effort.model_dump(),
             planes=[list(p) for p in sorted(planes)],
             compute_seconds=seconds,
+            model_weight=result.model_weight,
         )
         db.add(row)
         db.flush()
@@ -446,9 +456,11 @@ def undo(ctx: AppContext, db: Session, principal: Principal, session: Annotation
 
 
 def accept(
-    ctx: AppContext, db: Session, principal: Principal, session: AnnotationSession
+    ctx: AppContext, db: Session, principal: Principal, session: AnnotationSession,
+    final_label: np.ndarray | None = None,
 ) -> tuple[AnnotationSession, Image, TrainingJob | None]:
-    """The current segmentation becomes the image's label; the session closes."""
+    """The current segmentation (or ``final_label``, (z, y, x) label values the caller has checked,
+    as a viewer saves it) becomes the image's label; the session closes."""
     from learner.metrics import dice_per_class
 
     db.commit()  # never wait for the image lock while holding a transaction
@@ -463,7 +475,7 @@ def accept(
 
         store = ctx.datastore
         volume = images.load_volume(store, image)
-        label = store.read_volume(source).array.astype(np.uint8)
+        label = store.read_volume(source).array.astype(np.uint8) if final_label is None else final_label
         folder = store.new_record_dir(store.resolve(image.path).parent, "accepted")
         try:
             label_path = store.write_volume(folder / "label.nii.gz", volume, label)
@@ -526,8 +538,12 @@ def _suggestion_json(suggestion, geometry: Volume) -> dict | None:
 
 
 def _write_npz(path: Path, probabilities: np.ndarray) -> None:
+    """float16 ``probabilities`` in an .npz, deflate level 1: written on every round, about
+    1.5x faster than ``np.savez_compressed``'s level for ~10 % more bytes."""
     with open_atomic(path, overwrite=False) as handle:
-        np.savez_compressed(handle, probabilities=probabilities.astype(np.float16))
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+            with archive.open("probabilities.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, probabilities.astype(np.float16), allow_pickle=False)
 
 
 def round_links(row: Round) -> dict[str, str]:
@@ -556,6 +572,7 @@ def round_out(db: Session, row: Round) -> schemas.RoundOut:
         suggestion=row.suggestion,
         effort=schemas.Effort(**row.effort),
         compute_seconds=row.compute_seconds,
+        model_weight=row.model_weight,
         job_id=job.id if job else None,
         links=round_links(row),
     )

@@ -29,7 +29,10 @@ ACTIVE_STATES = ("queued", "running")
 
 
 class TrainingService:
-    def __init__(self, session_factory: sessionmaker, datastore: DataStore, metrics: Metrics):
+    def __init__(self, session_factory: sessionmaker, datastore: DataStore, metrics: Metrics,
+                 executor_factory=None):
+        # executor_factory(on_change) -> Executor; None: the embedded executor (see server/context.py)
+        self._executor_factory = executor_factory
         self._session_factory = session_factory
         self._datastore = datastore
         self._metrics = metrics
@@ -42,7 +45,10 @@ class TrainingService:
         from learner.executors import EmbeddedExecutor
 
         self._stopping.clear()
-        self._executor = EmbeddedExecutor(on_change=self._on_change, progress_interval=1.0)
+        if self._executor_factory is not None:
+            self._executor = self._executor_factory(self._on_change)
+        else:
+            self._executor = EmbeddedExecutor(on_change=self._on_change, progress_interval=1.0)
         self._resubmit_unfinished()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -208,6 +214,8 @@ class TrainingService:
             changes["message"] = "superseded by a newer round of the same image"
         if self._record(status.job_id, changes) and status.state.finished:
             self._metrics.jobs.labels(state=state).inc()
+            if status.started_at and status.finished_at:
+                self._metrics.job_seconds.labels(state=state).observe(status.finished_at - status.started_at)
         self._metrics.queue_depth.set(self.queue_depth())
 
     def _record(self, executor_id: str, changes: dict[str, Any]) -> bool:
