@@ -24,6 +24,10 @@ ACTIONS = (
     "model_import",
     "token_create",
     "token_revoke",
+    "user_create",
+    "login",
+    "train_start",
+    "train_stop",
 )
 
 

@@ -1,0 +1,19 @@
+"""Dependencies of the MONAI Label routers: the served project."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+
+from server.api.deps import Ctx
+from server.auth import Db
+from server.services import monailabel
+from server.storage.models import Project
+
+
+def served_project(ctx: Ctx, db: Db) -> Project:
+    return monailabel.require_project(db, ctx.settings)
+
+
+ServedProject = Annotated[Project, Depends(served_project)]
