@@ -15,6 +15,7 @@ import sys
 _COMMAND_MODULES: tuple[str, ...] = (
     "server.commands",  # serve, token
     "learner.commands",  # train, bench offline
+    "learner.worker_commands",  # worker (distributed mode)
     "registration.commands",  # bench propagate
 )
 

@@ -72,5 +72,19 @@ def build_context(settings: Settings) -> AppContext:
         metrics=metrics,
         compute=compute,
         hub=ModelHub(datastore, compute),
-        training=TrainingService(session_factory, datastore, metrics),
+        training=TrainingService(session_factory, datastore, metrics,
+                                 executor_factory=_celery_executor_factory(settings)),
     )
+
+
+def _celery_executor_factory(settings: Settings):
+    """Distributed mode (issue 13): a CeleryExecutor when a broker is configured, else None.
+    A minimal selection, to be folded into the executor seam."""
+    if not settings.broker_url:
+        return None
+    # Imported only in distributed mode: the embedded server does not load celery.
+    from learner.celery_executor import CeleryExecutor
+    from learner.worker import WorkerSettings
+
+    worker_settings = WorkerSettings(broker_url=settings.broker_url, queue_prefix=settings.queue_prefix)
+    return lambda on_change: CeleryExecutor(worker_settings, on_change=on_change, progress_interval=1.0)

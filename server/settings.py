@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    # Distributed mode (issue 13): with a broker, training jobs go to Celery workers
+    # (`scribbleflow worker`, which reads the same two variables) instead of the embedded executor.
+    broker_url: str | None = Field(None, description="Redis URL of the Celery broker; unset: embedded executor.")
+    queue_prefix: str = Field("", description="Prefix of the worker queue names (several sites on one Redis).")
 
     max_upload_mb: float = Field(1024.0, gt=0, description="Largest accepted request body.")
     lease_seconds: int = Field(900, gt=0, description="An annotation session's lease on its image.")

@@ -1,0 +1,257 @@
+"""Distributed mode: the Celery app whose workers run training jobs over a Redis broker.
+
+Queues ``train``, ``register`` and ``infer`` (each name prefixed by ``queue_prefix``, so
+that several installations or test runs can share one Redis). Redis is the broker and
+the result backend. The task is a thin adapter around the same job function the
+embedded executor runs, ``learner.jobs.run_train_job_at_paths``; its progress goes out
+as task state ``PROGRESS`` with ``{"step", "total", "started_at"}``, which the server's
+``learner.celery_executor.CeleryExecutor`` reads back and stores.
+
+Long-job settings: one message prefetched per worker process, acknowledged only after
+the job ended (a worker killed in mid-job leaves it to be redelivered), a broker
+visibility timeout above the hard time limit (a message is not handed out twice while
+its job may still be running), soft and hard time limits.
+
+Coordination through Redis (``JobCoordination``), with no database access here:
+- *superseded*: the broker cannot replace a queued message, so the executor records the
+  newest job of each (project, image); a job that is not the newest when it starts
+  exits without training (a job already running is never interrupted);
+- *cancel*: a flag that the running job checks at every optimiser step, and at its start;
+- *started*: set atomically with the superseded check, so exactly one of "the job
+  starts" and "a newer job supersedes it" happens.
+
+Settings come from ``SCRIBBLEFLOW_*`` environment variables (``WorkerSettings``), the
+same names the server uses for the broker (``SCRIBBLEFLOW_BROKER_URL``,
+``SCRIBBLEFLOW_QUEUE_PREFIX``). This module never imports ``server``.
+
+A GPU worker pins each worker process to one device (``SCRIBBLEFLOW_WORKER_DEVICES``,
+e.g. ``0,1``: process i gets device i mod n) by setting ``CUDA_VISIBLE_DEVICES`` in the
+process before anything touches CUDA; the parent process never does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import redis
+from billiard import current_process
+from celery import Celery, signals
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+QUEUES = ("train", "register", "infer")
+TRAIN_TASK = "scribbleflow.train"
+PROGRESS_STATE = "PROGRESS"
+#: How long coordination keys live in Redis (a job is long finished by then).
+KEY_TTL_SECONDS = 7 * 24 * 3600
+
+
+class WorkerSettings(BaseSettings):
+    """What a worker (and the server's CeleryExecutor) needs to reach the broker."""
+
+    model_config = SettingsConfigDict(env_prefix="SCRIBBLEFLOW_", extra="ignore")
+
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL: broker and result backend.")
+    queue_prefix: str = Field("", description="Prefix of the queue names and coordination keys.")
+    job_soft_time_limit: int = Field(3 * 3600, ge=1, description="Seconds until a job is asked to stop.")
+    job_time_limit: int = Field(3 * 3600 + 300, ge=1, description="Seconds until a job's process is killed.")
+    visibility_timeout: int = Field(
+        4 * 3600, ge=1,
+        description="Seconds before an unacknowledged message goes to another worker; above job_time_limit.",
+    )
+    worker_devices: str = Field("", description="CUDA devices of a GPU worker, e.g. '0,1' (empty: none pinned).")
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> WorkerSettings:
+        if not self.job_soft_time_limit < self.job_time_limit < self.visibility_timeout:
+            raise ValueError(
+                "need job_soft_time_limit < job_time_limit < visibility_timeout, got "
+                f"{self.job_soft_time_limit}, {self.job_time_limit}, {self.visibility_timeout}"
+            )
+        return self
+
+    def queue(self, name: str) -> str:
+        if name not in QUEUES:
+            raise ValueError(f"unknown queue {name!r}; queues: {', '.join(QUEUES)}")
+        return f"{self.queue_prefix}{name}"
+
+
+# Compare-and-set scripts: each runs atomically in Redis.
+# KEYS[1] = newest job of the image, ARGV[1] = the new job, ARGV[2] = the prefix of "started"
+# keys (the previous job's key is only known after reading KEYS[1]), ARGV[3] = key lifetime.
+_SUBMIT_SCRIPT = """
+local previous = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+if previous and previous ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. previous) == 0 then
+  return previous
+end
+return false
+"""
+# KEYS[1] = newest job of the image, KEYS[2] = this job's "started" key, ARGV[1] = this job,
+# ARGV[2] = key lifetime.
+_START_SCRIPT = """
+local newest = redis.call('GET', KEYS[1])
+if newest and newest ~= ARGV[1] and redis.call('EXISTS', KEYS[2]) == 0 then
+  return newest
+end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+return false
+"""
+
+
+@dataclass
+class JobCoordination:
+    """The Redis keys that executor and workers share (see the module docstring)."""
+
+    client: redis.Redis
+    prefix: str = ""
+
+    def _key(self, kind: str, *parts: str) -> str:
+        return f"{self.prefix}scribbleflow:{kind}:" + ":".join(parts)
+
+    def newest_key(self, project_id: str, image_id: str) -> str:
+        return self._key("newest", project_id, image_id)
+
+    def started_key(self, job_id: str) -> str:
+        return self._key("started", job_id)
+
+    def record_newest(self, project_id: str, image_id: str, job_id: str) -> str | None:
+        """Mark ``job_id`` the newest job of its image (before its message is sent); returns
+        the job it supersedes (the previous newest, when that one has not started) or None."""
+        previous = self.client.eval(
+            _SUBMIT_SCRIPT, 1, self.newest_key(project_id, image_id), job_id, self._key("started", ""),
+            KEY_TTL_SECONDS,
+        )
+        return previous.decode() if isinstance(previous, bytes) else previous
+
+    def mark_sent(self, job_id: str) -> None:
+        """The job's message is with the broker: a server restarted later must not send it again."""
+        self.client.set(self._key("sent", job_id), "1", ex=KEY_TTL_SECONDS)
+
+    def was_sent(self, job_id: str) -> bool:
+        return bool(self.client.exists(self._key("sent", job_id)))
+
+    def try_start(self, project_id: str, image_id: str, job_id: str) -> str | None:
+        """None when the job may run (also when it ran before: a redelivery); else the newer job's id."""
+        newest = self.client.eval(
+            _START_SCRIPT, 2, self.newest_key(project_id, image_id), self.started_key(job_id), job_id,
+            KEY_TTL_SECONDS,
+        )
+        return newest.decode() if isinstance(newest, bytes) else newest
+
+    def request_cancel(self, job_id: str) -> None:
+        self.client.set(self._key("cancel", job_id), "1", ex=KEY_TTL_SECONDS)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.client.exists(self._key("cancel", job_id)))
+
+
+def create_app(settings: WorkerSettings | None = None) -> Celery:
+    """The Celery app for ``settings`` (default: from the environment), with the train task."""
+    settings = settings or WorkerSettings()
+    app = Celery("scribbleflow", broker=settings.broker_url, backend=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=settings.queue("train"),
+        task_routes={TRAIN_TASK: {"queue": settings.queue("train")}},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,  # a worker process killed in mid-job: the message goes back
+        task_track_started=True,
+        task_soft_time_limit=settings.job_soft_time_limit,
+        task_time_limit=settings.job_time_limit,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=None,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_expires=KEY_TTL_SECONDS,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # keep trying while Redis is away
+        worker_hijack_root_logger=False,
+    )
+    app.scribbleflow_settings = settings
+    app.task(bind=True, name=TRAIN_TASK)(_train_task)
+    _pinned_devices[:] = [d.strip() for d in settings.worker_devices.split(",") if d.strip()]
+    return app
+
+
+def coordination_for(app: Celery) -> JobCoordination:
+    settings: WorkerSettings = app.scribbleflow_settings
+    return JobCoordination(redis.Redis.from_url(settings.broker_url), prefix=settings.queue_prefix)
+
+
+#: CUDA devices of this worker (WorkerSettings.worker_devices), read by _pin_device in each process.
+_pinned_devices: list[str] = []
+#: One Redis client per process (a forked pool process makes its own).
+_process_coordination: dict[int, JobCoordination] = {}
+
+
+def _coordination(app: Celery) -> JobCoordination:
+    pid = os.getpid()
+    if pid not in _process_coordination:
+        _process_coordination[pid] = coordination_for(app)
+    return _process_coordination[pid]
+
+
+def _train_task(task, payload: dict) -> dict:
+    """Run one ``TrainJob`` payload; the outcome as JSON (``outcome``: succeeded | superseded | cancelled).
+
+    Failures raise (task state FAILURE with the message). The job function is imported
+    here so that the worker's parent process does not load torch before it forks.
+    """
+    from learner.jobs import TrainJob, run_train_job_at_paths
+    from learner.online import UpdateCancelled
+
+    job = TrainJob.from_dict(payload)
+    coordination = _coordination(task.app)
+    started_at = time.time()
+    if coordination.cancel_requested(job.job_id):
+        return {"outcome": "cancelled", "error": "cancelled before it started", "started_at": started_at}
+    newer = coordination.try_start(job.project_id, job.image_id, job.job_id)
+    if newer is not None:
+        log.info("job %s superseded by %s: exits without training", job.job_id, newer)
+        return {"outcome": "superseded", "superseded_by": newer, "started_at": started_at}
+    last_report = 0.0
+
+    def progress(step: int, total: int) -> None:
+        nonlocal last_report
+        now = time.monotonic()
+        if step >= total or now - last_report >= 1.0:
+            last_report = now
+            task.update_state(state=PROGRESS_STATE,
+                              meta={"step": int(step), "total": int(total), "started_at": started_at})
+
+    progress(0, job.steps)
+    try:
+        result = run_train_job_at_paths(job, progress, lambda: coordination.cancel_requested(job.job_id))
+    except UpdateCancelled as stopped:
+        return {"outcome": "cancelled", "error": str(stopped), "started_at": started_at}
+    except SoftTimeLimitExceeded as exceeded:
+        limit = task.app.conf.task_soft_time_limit
+        raise RuntimeError(f"the job ran past its soft time limit of {limit} s") from exceeded
+    return {"outcome": "succeeded", "result": result.to_dict(), "started_at": started_at,
+            "finished_at": time.time()}
+
+
+@signals.worker_process_init.connect
+def _pin_device(**_kwargs) -> None:
+    """Give this worker process its CUDA device before anything in it touches CUDA."""
+    if not _pinned_devices:
+        return
+    index = getattr(current_process(), "index", 0) or 0  # the pool's process slot, 0-based
+    os.environ["CUDA_VISIBLE_DEVICES"] = _pinned_devices[index % len(_pinned_devices)]
+    log.info("worker process %d pinned to CUDA device %s", os.getpid(), os.environ["CUDA_VISIBLE_DEVICES"])
+
+
+def __getattr__(name: str):
+    # ``celery -A learner.worker worker`` looks for ``app``: built from the environment on demand.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)
