@@ -117,6 +117,8 @@ class EmbeddedExecutor:
     runner: the job function (default: ``run_train_job_at_paths``).
     max_queued: queued (not yet running) jobs accepted before ``submit`` raises QueueFull.
     keep_finished: finished jobs whose status stays queryable (oldest forgotten first).
+    before_step: called in the worker thread before every optimiser step of a job (e.g. the
+        server's thread policy setting the step's torch threads).
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class EmbeddedExecutor:
         on_change: StateCallback | None = None,
         progress_interval: float = 1.0,
         keep_finished: int = 1000,
+        before_step: Callable[[], None] | None = None,
     ):
         if max_queued < 1:
             raise ValueError(f"max_queued must be at least 1, got {max_queued}")
@@ -135,6 +138,7 @@ class EmbeddedExecutor:
         self._on_change = on_change
         self._progress_interval = float(progress_interval)
         self._keep_finished = max(1, int(keep_finished))
+        self._before_step = before_step
         self._lock = threading.Condition(threading.RLock())
         self._queue: deque[TrainJob] = deque()
         self._jobs: OrderedDict[str, JobStatus] = OrderedDict()
@@ -301,7 +305,9 @@ class EmbeddedExecutor:
                     last_report = now
                     self._emit(status)
 
-        def should_stop() -> bool:
+        def should_stop() -> bool:  # asked before every step
+            if self._before_step is not None:
+                self._before_step()
             with self._lock:
                 return job.job_id in self._stop_requested
 

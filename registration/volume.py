@@ -95,9 +95,14 @@ def read_volume(path: str | os.PathLike) -> Volume:
     return Volume.from_sitk(sitk.ReadImage(str(path)))
 
 
-def write_volume_atomic(volume: Volume, path: str | os.PathLike, array: np.ndarray | None = None) -> Path:
-    """Write ``array`` (default: the volume's) with the volume's geometry; temp file + rename."""
+def write_volume_atomic(
+    volume: Volume, path: str | os.PathLike, array: np.ndarray | None = None, *, compression_level: int = -1
+) -> Path:
+    """Write ``array`` (default: the volume's) with the volume's geometry; temp file + rename.
+
+    ``compression_level``: gzip level for compressed formats (1 = fastest, 9 = smallest,
+    -1 = the writer's default)."""
     target = Path(path)
     with atomic_target(target, suffix="".join(target.suffixes) or ".nii.gz") as tmp:
-        sitk.WriteImage(volume.to_sitk(array), tmp, useCompression=True)
+        sitk.WriteImage(volume.to_sitk(array), tmp, True, compression_level)
     return target

@@ -190,10 +190,14 @@ def test_training_job_produces_a_new_served_version(client, uploaded_image, anno
     assert job["result_version"] == 1 and job["promoted"] is True and job["progress"] == 1.0
     models = client.get(f"{API}/projects/{uploaded_image['project_id']}/models", headers=annotator_headers).json()
     assert models["serving_version"] == 1
-    # the next round is predicted with the new version
+    # the session's rounds keep the version it opened with (its prediction is cached) ...
     round_2 = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 1),
                           headers=annotator_headers).json()
-    assert round_2["model_version"] == 1
+    assert round_2["model_version"] == session["model_version"] == 0
+    # ... and the next session on the image is predicted with the new version
+    assert client.post(f"{API}/sessions/{session['id']}/close", headers=annotator_headers).status_code == 200
+    reopened = open_session(client, uploaded_image, annotator_headers).json()
+    assert reopened["model_version"] == 1
 
 
 @pytest.fixture

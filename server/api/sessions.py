@@ -23,7 +23,8 @@ def open_session(
 ) -> schemas.SessionOut:
     image = image_service.get_image(db, image_id)
     takeover = request.takeover if request else False
-    session = sessions.open_session(ctx, db, user, image, takeover)
+    with ctx.threads.interactive():
+        session = sessions.open_session(ctx, db, user, image, takeover)
     return sessions.session_out(db, session)
 
 
@@ -38,7 +39,8 @@ def add_round(
     session_id: int, request: schemas.RoundCreate, ctx: Ctx, db: Db, user: CurrentUser
 ) -> schemas.RoundOut:
     session = sessions.get_session(db, session_id)
-    row = sessions.add_round(ctx, db, user, session, request)
+    with ctx.threads.interactive():
+        row = sessions.add_round(ctx, db, user, session, request)
     return sessions.round_out(db, row)
 
 
@@ -53,7 +55,8 @@ def add_labelmap_round(
     end_transaction(db)
     path = save_upload(ctx, file)
     try:
-        row = sessions.add_labelmap_round(ctx, db, user, session, path, file.filename)
+        with ctx.threads.interactive():
+            row = sessions.add_labelmap_round(ctx, db, user, session, path, file.filename)
     finally:
         path.unlink(missing_ok=True)
     return sessions.round_out(db, row)
@@ -71,7 +74,8 @@ def undo(session_id: int, ctx: Ctx, db: Db, user: CurrentUser) -> schemas.Sessio
              summary="Accept the current segmentation as the image's label")
 def accept(session_id: int, ctx: Ctx, db: Db, user: CurrentUser) -> schemas.AcceptOut:
     session = sessions.get_session(db, session_id)
-    session, image, job = sessions.accept(ctx, db, user, session)
+    with ctx.threads.interactive():
+        session, image, job = sessions.accept(ctx, db, user, session)
     return schemas.AcceptOut(
         session=sessions.session_out(db, session), image=image_service.image_out(image),
         job_id=job.id if job else None,

@@ -2,8 +2,9 @@
 
 Each project's versions live in a ``learner.registry.ModelRegistry`` under
 ``DATA_DIR/projects/<id>/models``. Loaded models stay in memory (the registry's cache),
-and the last volume predictions are kept too, so the rounds of one image do not
-recompute them. Predictions take one of the ``compute_slots`` so that at most
+and the latest volume predictions are kept too (up to ``prediction_cache_bytes``), so
+the rounds of one image do not recompute them: a round uses the prediction of the version
+its session opened with, which stays cached while newer versions are trained. Predictions take one of the ``compute_slots`` so that at most
 ``Settings.compute_threads`` heavy computations run at once; callers run in worker
 threads, never on the event loop.
 """
@@ -28,12 +29,12 @@ class ModelHub:
         self,
         datastore: DataStore,
         compute_slot: Callable[[], AbstractContextManager],
-        prediction_cache_size: int = 6,
+        prediction_cache_bytes: int = 512 * 2**20,
     ):
         self.datastore = datastore
         self._compute_slot = compute_slot
         self._predictions: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._prediction_cache_size = prediction_cache_size
+        self._prediction_cache_bytes = int(prediction_cache_bytes)
         self._lock = threading.Lock()
 
     def registry(self, project_id: int):
@@ -65,13 +66,15 @@ class ModelHub:
         return self.registry(project_id).versions()
 
     def predict(
-        self, project_id: int, image_key: object, image_zyx: np.ndarray, size: int
+        self, project_id: int, image_key: object, image_zyx: np.ndarray, size: int, version: int | None = None
     ) -> tuple[int, np.ndarray]:
-        """(serving version, probabilities float32 (C, z, y, x)) for an image (z, y, x)."""
+        """(version, probabilities float32 (C, z, y, x)) for an image (z, y, x); ``version``
+        None = the serving one."""
         from learner.inference import predict_volume
 
         registry = self.registry(project_id)
-        version = registry.serving_version()
+        if version is None:
+            version = registry.serving_version()
         if version is None:
             raise NotFound(f"project {project_id} has no model version")
         key = (project_id, image_key, version, size)
@@ -86,7 +89,10 @@ class ModelHub:
         probabilities.setflags(write=False)
         with self._lock:
             self._predictions[key] = probabilities
-            while len(self._predictions) > self._prediction_cache_size:
+            # The newest one always stays, even when it alone is over the budget.
+            while len(self._predictions) > 1 and (
+                sum(p.nbytes for p in self._predictions.values()) > self._prediction_cache_bytes
+            ):
                 self._predictions.popitem(last=False)
         return version, probabilities
 

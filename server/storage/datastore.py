@@ -31,6 +31,11 @@ import numpy as np
 from registration.atomic import write_json_atomic
 from registration.volume import Volume, read_volume, write_volume_atomic
 
+#: gzip level of the volumes written here. Level 1 writes a round's float maps (residual,
+#: confidence) about 1.5-3x faster than the default level for a few per cent more bytes:
+#: the files are written on every round, while the user waits.
+VOLUME_COMPRESSION_LEVEL = 1
+
 
 class DataStore:
     def __init__(self, root: Path):
@@ -82,7 +87,7 @@ class DataStore:
     def write_volume(path: Path, geometry: Volume, array: np.ndarray) -> Path:
         if path.exists():
             raise FileExistsError(f"refusing to overwrite {path}")
-        return write_volume_atomic(geometry, path, array)
+        return write_volume_atomic(geometry, path, array, compression_level=VOLUME_COMPRESSION_LEVEL)
 
     @staticmethod
     def write_json(path: Path, payload: Any) -> Path:
