@@ -1,26 +1,55 @@
-"""Residual maps (where two segmentations disagree) and where to ask the user next.
+"""Where the current answer is probably wrong, and where to ask the user next.
 
-R = |fused − model|, per voxel the total variation distance between the two class
-distributions: 0.5 * sum_c |p_c − q_c|, in [0, 1] (1 = they put their mass on different
-classes). The next interaction targets the largest connected region of R above a
-threshold, weighted by how much residual it holds.
+The error estimate of a round, E (z, y, x) in [0, 1], is a noisy-or of three signs of error:
+
+    E = 1 - (1 - H) * (1 - X) * (1 - D)
+
+- H: normalised entropy of the fused answer, i.e. where its classes compete. The proxy's
+  probabilities are one-hot on annotated planes and soften with the distance from them
+  (where the annotations carried from both sides disagree, and where a structure fades out
+  beyond the outermost annotation), so H is the proxy's own "unsure, far from the
+  annotations" along the borders of the structures; empty regions stay at 0.
+- D: the model's disagreement with the proxy (total variation distance of their class
+  distributions) times the model's reliability and (1 - proxy confidence): a trusted model
+  saying something else where the proxy is unsure.
+
+E is about 0 on annotated planes, so it no longer peaks where the user just drew (as
+|fused - model| did). The suggestion is the plane, along the axis the user annotates,
+holding the most E among the planes not drawn yet on that axis, and on it the
+structure-sized region of E (see ``suggest_next_interaction``). Arrays are (z, y, x),
+probabilities (C, z, y, x).
+
+(Measured on 10 ACDC validation volumes, proxies from simulated scribbles on K evenly spread
+z-slices and a uniform model: wrong voxels on the suggested slice / on a random undrawn one
+/ on the worst undrawn one, K = 2: 1360 / 607 / 1370, K = 3: 806 / 563 / 1020. Adding a
+term (1 - confidence) * closeness to the foreground made it worse (K = 2: 578): it favours
+every far slice, wherever the proxy is actually right, and blurring the answer by the
+distance from the annotations before the entropy changed nothing that counts. X is 0 on
+those volumes, where the answer reaches the volume's ends, except beyond the apex of two.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from registration.fusion import normalized_entropy
+
+#: Reliability the model needs at open (no annotations yet) before its uncertainty, not the
+#: centre of the volume, says where to start.
+OPEN_MIN_RELIABILITY = 0.5
 
 
 @dataclass(frozen=True)
 class Suggestion:
     """Where to look next, in array indices (z, y, x).
 
-    axis/slice: the slice to annotate (along ``axis``, the one in which the region is widest);
-    bbox_zyx: (z0, y0, x0, z1, y1, x1), ends exclusive; centroid_zyx: residual-weighted
-    centre; score: residual mass of the region (sum of R over its voxels).
+    axis/slice: the plane to annotate; bbox_zyx: (z0, y0, x0, z1, y1, x1), ends exclusive,
+    the region on that plane (one voxel thick along ``axis``); centroid_zyx: its E-weighted
+    centre; score: the error estimate's mass in the region (sum of E, ~ expected wrong voxels).
     """
 
     axis: int
@@ -39,45 +68,202 @@ class Suggestion:
         }
 
 
-def residual_map(fused_probabilities: np.ndarray, model_probabilities: np.ndarray) -> np.ndarray:
-    """float32 (z, y, x) in [0, 1]: 0.5 * sum over classes of |fused − model| ((C, z, y, x) each)."""
+def _spacing(spacing_zyx: Sequence[float] | None) -> tuple[float, float, float]:
+    return tuple(float(s) for s in (spacing_zyx if spacing_zyx is not None else (1.0, 1.0, 1.0)))  # type: ignore[return-value]
+
+
+def annotation_axis(planes: Iterable[tuple[int, int]], default: int = 0) -> int:
+    """The axis most drawn planes lie on (ties: the lower axis); ``default`` when none."""
+    counts = np.bincount([int(a) for a, _ in planes], minlength=3)
+    return int(np.argmax(counts)) if counts.sum() else default
+
+
+def structure_radius(foreground: np.ndarray, axis: int, spacing_zyx: Sequence[float] | None = None) -> float:
+    """Physical in-plane radius of the structures: that of a disc with the largest foreground
+    area of a slice along ``axis``; an eighth of the slice's extent when there is none."""
+    spacing = _spacing(spacing_zyx)
+    in_plane = [i for i in range(3) if i != axis]
+    pixel_area = spacing[in_plane[0]] * spacing[in_plane[1]]
+    areas = np.moveaxis(foreground, axis, 0).sum(axis=(1, 2))
+    if areas.max() == 0:
+        return 0.125 * min(foreground.shape[i] * spacing[i] for i in in_plane)
+    return float(np.sqrt(areas.max() * pixel_area / np.pi))
+
+
+def continuation(foreground: np.ndarray, axis: int, axis_spacing: float, radius: float) -> np.ndarray:
+    """float32 (z, y, x) in [0, 1]: on the planes along ``axis`` past the first and the last
+    plane holding ``foreground``, that end plane's footprint times exp(-(s / radius)^2), s the
+    physical distance to it; 0 elsewhere."""
+    moved = np.moveaxis(np.asarray(foreground, dtype=bool), axis, 0)
+    out = np.zeros(moved.shape, dtype=np.float32)
+    present = np.flatnonzero(moved.any(axis=(1, 2)))
+    if present.size:
+        low, high = int(present[0]), int(present[-1])
+        steps = np.arange(1, moved.shape[0], dtype=np.float32)
+        decay = np.exp(-np.square(steps * axis_spacing / max(radius, 1e-6)))
+        for step, factor in zip(range(1, moved.shape[0]), decay, strict=True):
+            if high + step < moved.shape[0]:
+                out[high + step] = factor * moved[high]
+            if low - step >= 0:
+                out[low - step] = factor * moved[low]
+    return np.moveaxis(out, 0, axis)
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """float32 (z, y, x) in [0, 1]: 0.5 * sum over classes of |p - q| ((C, z, y, x) each)."""
+    p = np.asarray(p, dtype=np.float32)
+    q = np.asarray(q, dtype=np.float32)
+    if p.shape != q.shape:
+        raise ValueError(f"shape mismatch: {p.shape} vs {q.shape}")
+    return np.clip(0.5 * np.abs(p - q).sum(axis=0), 0.0, 1.0).astype(np.float32)
+
+
+def error_estimate(
+    fused_probabilities: np.ndarray,
+    confidence: np.ndarray,
+    proxy_probabilities: np.ndarray,
+    model_probabilities: np.ndarray,
+    model_weight: float,
+    axis: int = 0,
+    spacing_zyx: Sequence[float] | None = None,
+    radius: float | None = None,
+) -> np.ndarray:
+    """E, float32 (z, y, x) in [0, 1]: the module docstring's estimate of where the fused
+    answer is wrong. ``confidence``: the proxy's (z, y, x) confidence; ``model_weight``: the
+    model's reliability (``registration.fusion.model_reliability``); ``axis``: the axis the
+    user annotates; ``radius``: the structures' physical radius (default ``structure_radius``)."""
     fused = np.asarray(fused_probabilities, dtype=np.float32)
-    model = np.asarray(model_probabilities, dtype=np.float32)
-    if fused.shape != model.shape:
-        raise ValueError(f"shape mismatch: {fused.shape} vs {model.shape}")
-    return np.clip(0.5 * np.abs(fused - model).sum(axis=0), 0.0, 1.0).astype(np.float32)
+    if fused.ndim != 4 or np.shape(confidence) != fused.shape[1:]:
+        raise ValueError(f"fused probabilities {fused.shape} do not match confidence {np.shape(confidence)}")
+    far = 1.0 - np.clip(np.asarray(confidence, dtype=np.float32), 0.0, 1.0)
+    foreground = fused[0] < 0.5
+    if radius is None:
+        radius = structure_radius(foreground, axis, spacing_zyx)
+    keep = 1.0 - normalized_entropy(fused)
+    keep *= 1.0 - far * continuation(foreground, axis, _spacing(spacing_zyx)[axis], radius)
+    if model_weight > 0.0:
+        keep *= 1.0 - model_weight * far * total_variation(model_probabilities, proxy_probabilities)
+    return np.clip(1.0 - keep, 0.0, 1.0).astype(np.float32)
 
 
-def suggest_next_interaction(residual_zyx: np.ndarray, threshold: float = 0.5) -> Suggestion | None:
-    """The connected region (26-connected) of ``residual_zyx`` > ``threshold`` holding the most
-    residual, and the slice through it to annotate; None when no voxel is above threshold.
-
-    The slice is taken along the axis in which the region's bounding box is thinnest (a
-    2D view then shows most of it) and through the slice holding most of its residual.
-    """
-    residual = np.asarray(residual_zyx, dtype=np.float32)
-    if residual.ndim != 3:
-        raise ValueError(f"expected a (z, y, x) residual, got shape {residual.shape}")
-    above = residual > threshold
-    if not above.any():
-        return None
-    components, count = ndimage.label(above, structure=np.ones((3, 3, 3), dtype=bool))
-    masses = ndimage.sum_labels(residual, components, index=np.arange(1, count + 1))
-    best = int(np.argmax(masses)) + 1
-    region = components == best
-    weights = np.where(region, residual, 0.0)
-    box = ndimage.find_objects(region.astype(np.int32))[0]
-    bbox = tuple(int(s.start) for s in box) + tuple(int(s.stop) for s in box)
-    coords = np.nonzero(region)
-    values = residual[coords]
-    centroid = tuple(float((c * values).sum() / values.sum()) for c in coords)
-    extents = [s.stop - s.start for s in box]
-    axis = int(np.argmin(extents))  # ties: the lowest axis
-    per_slice = weights.sum(axis=tuple(i for i in range(3) if i != axis))
-    return Suggestion(
-        axis=axis,
-        slice=int(np.argmax(per_slice)),
-        bbox_zyx=bbox,  # type: ignore[arg-type]
-        centroid_zyx=centroid,  # type: ignore[arg-type]
-        score=float(masses[best - 1]),
+def round_residual(
+    fused_probabilities: np.ndarray,
+    confidence: np.ndarray,
+    proxy_probabilities: np.ndarray,
+    model_probabilities: np.ndarray,
+    model_weight: float,
+    planes: Iterable[tuple[int, int]],
+    spacing_zyx: Sequence[float] | None = None,
+) -> tuple[np.ndarray, Suggestion | None]:
+    """(E, the next suggestion) of a round: ``error_estimate`` and, along the axis the user
+    annotates, ``suggest_next_interaction`` with a window of the structures' radius."""
+    planes = {(int(a), int(i)) for a, i in planes}
+    axis = annotation_axis(planes)
+    fused = np.asarray(fused_probabilities, dtype=np.float32)
+    radius = structure_radius(fused[0] < 0.5, axis, spacing_zyx)
+    error = error_estimate(
+        fused, confidence, proxy_probabilities, model_probabilities, model_weight, axis, spacing_zyx, radius
     )
+    spacing = _spacing(spacing_zyx)
+    in_plane_spacing = float(np.mean([spacing[i] for i in range(3) if i != axis]))
+    return error, suggest_next_interaction(error, planes, axis=axis, radius_voxels=radius / in_plane_spacing)
+
+
+def suggest_next_interaction(
+    error_zyx: np.ndarray,
+    drawn_planes: Iterable[tuple[int, int]] = (),
+    *,
+    axis: int | None = None,
+    radius_voxels: float | None = None,
+) -> Suggestion | None:
+    """The undrawn plane holding the most error ``error_zyx`` and the region on it to look at.
+
+    ``drawn_planes``: (axis, index) of planes already drawn: never suggested again.
+    ``axis``: the axis to suggest along (default: the one most drawn planes lie on, z when
+    none); if every plane of it is drawn or error-free, the other axes are tried. On the
+    chosen plane the error is smoothed over a structure-sized window (``radius_voxels``,
+    default an eighth of the plane's shorter side) and the region is the connected part of
+    the smoothed error above half its peak that holds the peak. None when no undrawn plane
+    holds any error.
+    """
+    error = np.asarray(error_zyx, dtype=np.float32)
+    if error.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) error map, got shape {error.shape}")
+    drawn = {(int(a), int(i)) for a, i in drawn_planes}
+    first = annotation_axis(drawn) if axis is None else int(axis)
+    if first not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+    for candidate in [first] + [a for a in range(3) if a != first]:
+        per_slice = np.moveaxis(error, candidate, 0).sum(axis=(1, 2)).astype(np.float64)
+        for index in range(per_slice.size):
+            if (candidate, index) in drawn:
+                per_slice[index] = -1.0
+        best = int(np.argmax(per_slice))
+        if per_slice[best] > 0.0:
+            return _region_on_plane(error, candidate, best, radius_voxels)
+    return None
+
+
+def _region_on_plane(error: np.ndarray, axis: int, index: int, radius_voxels: float | None) -> Suggestion:
+    plane = np.take(error, index, axis=axis)
+    radius = radius_voxels if radius_voxels is not None else min(plane.shape) / 8.0
+    window = max(1, int(round(radius)))
+    smoothed = ndimage.uniform_filter(plane, size=2 * window + 1, mode="constant")
+    peak = np.unravel_index(int(np.argmax(smoothed)), plane.shape)
+    components, _count = ndimage.label(smoothed >= 0.5 * smoothed[peak])
+    region = components == components[peak]
+    rows, cols = np.nonzero(region)
+    weights = plane[rows, cols].astype(np.float64)
+    total = float(weights.sum())
+    if total <= 0.0:  # the window spread error onto voxels holding none: centre them equally
+        weights = np.ones_like(weights)
+    in_plane = [i for i in range(3) if i != axis]
+    low = [0, 0, 0]
+    high = [0, 0, 0]
+    centroid = [0.0, 0.0, 0.0]
+    low[axis], high[axis], centroid[axis] = index, index + 1, float(index)
+    for dim, coords in zip(in_plane, (rows, cols), strict=True):
+        low[dim], high[dim] = int(coords.min()), int(coords.max()) + 1
+        centroid[dim] = float((coords * weights).sum() / weights.sum())
+    return Suggestion(
+        axis=int(axis),
+        slice=int(index),
+        bbox_zyx=tuple(low + high),  # type: ignore[arg-type]
+        centroid_zyx=tuple(centroid),  # type: ignore[arg-type]
+        score=total,
+    )
+
+
+def opening_suggestion(
+    model_probabilities: np.ndarray,
+    reliability: float,
+    axis: int = 0,
+    spacing_zyx: Sequence[float] | None = None,
+) -> Suggestion:
+    """Where to start on an image with no annotation yet.
+
+    A model with ``reliability`` >= OPEN_MIN_RELIABILITY: its most uncertain region (E = its
+    normalised entropy, in a window of the radius of the structures it sees). Otherwise (an
+    untrained or unvalidated model) nothing is known: the centre slice along ``axis``, its
+    middle half as the region.
+    """
+    model = np.asarray(model_probabilities, dtype=np.float32)
+    if model.ndim != 4:
+        raise ValueError(f"expected (C, z, y, x) probabilities, got shape {model.shape}")
+    shape = model.shape[1:]
+    if reliability >= OPEN_MIN_RELIABILITY:
+        foreground = model[0] < 0.5
+        radius = structure_radius(foreground, axis, spacing_zyx)
+        error = normalized_entropy(model)
+        spacing = _spacing(spacing_zyx)
+        in_plane_spacing = float(np.mean([spacing[i] for i in range(3) if i != axis]))
+        suggestion = suggest_next_interaction(error, axis=axis, radius_voxels=radius / in_plane_spacing)
+        if suggestion is not None:
+            return suggestion
+    index = shape[axis] // 2
+    low = [s // 4 for s in shape]
+    high = [s - s // 4 for s in shape]
+    low[axis], high[axis] = index, index + 1
+    centroid = [0.5 * (lo + hi - 1) for lo, hi in zip(low, high, strict=True)]
+    centroid[axis] = float(index)
+    return Suggestion(axis, index, tuple(low + high), tuple(centroid), 0.0)  # type: ignore[arg-type]

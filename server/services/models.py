@@ -62,6 +62,11 @@ class ModelHub:
         record = self.registry(project_id).serving_record()
         return record is not None and record.source.get("kind") != "init"
 
+    def validation_dice(self, project_id: int, version: int) -> float | None:
+        """The version's mean validation Dice as the promotion gate last measured it; None if never."""
+        value = self.registry(project_id).record(version).metrics.get("val_dice")
+        return None if value is None else float(value)
+
     def versions(self, project_id: int) -> list:
         return self.registry(project_id).versions()
 

@@ -6,7 +6,8 @@ Data flow of a round (ARCHITECTURE.md): cumulative user seeds on annotated plane
  -> ``registration.fusion.model_reliability`` (the model's weight: its agreement with the
     seeds and the serving version's validation Dice)
  -> ``registration.fusion.fuse_with_model`` with the model's probabilities and that weight
- -> ``registration.residual`` (residual map and the next suggestion).
+ -> ``registration.residual`` (the error estimate, returned as the residual map, and the
+    next suggestion on a plane not drawn yet).
 All volumes are (z, y, x) on the image's grid; probabilities (C, z, y, x).
 """
 
@@ -27,7 +28,7 @@ class RoundComputation:
     proxy_probabilities: np.ndarray  # float32 (C, z, y, x)
     confidence: np.ndarray  # float32 (z, y, x) in [0, 1]
     segmentation: np.ndarray  # uint8 (z, y, x): the fused labels
-    residual: np.ndarray  # float32 (z, y, x) in [0, 1]
+    residual: np.ndarray  # float32 (z, y, x) in [0, 1]: where the segmentation is probably wrong
     suggestion: object | None  # registration.residual.Suggestion
     model_weight: float  # the model's weight in the fusion, in [0, 1] (0: the proxy stands)
 
@@ -45,14 +46,15 @@ def compute_round(
     from registration.dense2d import densify_slice
     from registration.fusion import fuse_with_model, model_reliability
     from registration.propagate import SliceAnnotation, propagate_to_volume
-    from registration.residual import residual_map, suggest_next_interaction
+    from registration.residual import round_residual
 
     image = np.asarray(image_zyx, dtype=np.float32)
     model_weight = model_reliability(model_probabilities, seeds, validation_dice)
     # An untrusted model's edges would only add noise to the flooding relief.
     guide = model_probabilities if model_weight > 0.0 else None
+    planes = {(int(a), int(i)) for a, i in planes}
     annotations = []
-    for axis, index in sorted(set(planes)):
+    for axis, index in sorted(planes):
         seeds_2d = np.take(seeds, index, axis=axis)
         if not np.any(seeds_2d != UNLABELLED):
             continue
@@ -65,30 +67,41 @@ def compute_round(
         annotations.append(SliceAnnotation(axis=axis, index=index, labels=np.asarray(labels_2d)))
     proxy = propagate_to_volume(image, annotations, num_classes, spacing_zyx=spacing_zyx)
     fused = fuse_with_model(proxy, model_probabilities, seeds, model_weight)
-    residual = residual_map(fused.probabilities, model_probabilities)
+    residual, suggestion = round_residual(
+        fused.probabilities, proxy.confidence, proxy.probabilities, model_probabilities, model_weight,
+        planes, spacing_zyx,
+    )
     return RoundComputation(
         proxy_labels=np.asarray(proxy.labels).astype(np.uint8),
         proxy_probabilities=np.asarray(proxy.probabilities, dtype=np.float32),
         confidence=np.asarray(proxy.confidence, dtype=np.float32),
         segmentation=np.asarray(fused.labels).astype(np.uint8),
         residual=np.asarray(residual, dtype=np.float32),
-        suggestion=suggest_next_interaction(residual),
+        suggestion=suggestion,
         model_weight=model_weight,
     )
 
 
 def uncertainty_map(probabilities: np.ndarray) -> np.ndarray:
     """Normalised entropy of (C, z, y, x) probabilities: float32 (z, y, x) in [0, 1]."""
-    p = np.clip(probabilities.astype(np.float32), 1e-8, 1.0)
-    entropy = -(p * np.log(p)).sum(axis=0)
-    return (entropy / np.log(max(probabilities.shape[0], 2))).clip(0.0, 1.0).astype(np.float32)
+    from registration.fusion import normalized_entropy
+
+    return normalized_entropy(probabilities)
 
 
-def opening_suggestion(uncertainty: np.ndarray):
-    """Where to start on a new image: the most uncertain region of the prediction."""
-    from registration.residual import suggest_next_interaction
+def opening_suggestion(
+    probabilities: np.ndarray, validation_dice: float | None, spacing_zyx: tuple[float, float, float],
+    axis: int = 0,
+):
+    """Where to start on a new image: with a validated model, its most uncertain region near
+    the structures; otherwise the centre slice along ``axis``."""
+    from registration.fusion import model_reliability
+    from registration.residual import opening_suggestion as suggest_opening
+    from registration.volume import UNLABELLED
 
-    return suggest_next_interaction(uncertainty)
+    nothing_drawn = np.full(probabilities.shape[1:], UNLABELLED, dtype=np.uint8)
+    reliability = model_reliability(probabilities, nothing_drawn, validation_dice)
+    return suggest_opening(probabilities, reliability, axis=axis, spacing_zyx=spacing_zyx)
 
 
 def atlas_probabilities(atlas: Volume, atlas_labels: np.ndarray, image: Volume, num_classes: int) -> np.ndarray:

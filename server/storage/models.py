@@ -180,6 +180,7 @@ class Round(Base):
     effort: Mapped[dict[str, int]] = mapped_column(JSON)
     planes: Mapped[list[list[int]]] = mapped_column(JSON)  # cumulative [axis, index] annotated
     compute_seconds: Mapped[float] = mapped_column(Float)
+    model_weight: Mapped[float | None] = mapped_column(Float)  # the model's weight in the fusion
     dice: Mapped[dict[str, float] | None] = mapped_column(JSON)  # against the accepted label
 
 
