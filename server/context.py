@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
@@ -27,6 +30,66 @@ class ComputeSlots:
     def __call__(self) -> Iterator[None]:
         with self._semaphore:
             yield
+
+
+class ThreadPolicy:
+    """How the server splits the CPU between interactive requests and background training.
+
+    torch's intra-op thread count is a setting of each OS thread (OpenMP), so each side
+    sets its own. A request computing a round, an opening or an accept runs inside
+    ``interactive()``; the training thread calls ``before_training_step()`` before every
+    optimiser step and runs with ``training_threads``, or with
+    ``training_threads_during_rounds`` while any interactive request is in flight, so the
+    round keeps a core to itself. An interactive request uses the CPUs that training
+    leaves free (all of them when no step ran within ``training_idle_seconds``).
+    """
+
+    def __init__(self, training_threads: int | None = None, training_threads_during_rounds: int = 1,
+                 cpus: int | None = None, training_idle_seconds: float = 2.0):
+        self.cpus = max(1, cpus or os.cpu_count() or 1)
+        self.training_threads = max(1, training_threads or self.cpus)
+        self.training_threads_during_rounds = max(1, min(training_threads_during_rounds, self.training_threads))
+        self.training_idle_seconds = training_idle_seconds
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._last_step = -float("inf")
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def interactive_threads(self) -> int:
+        with self._lock:
+            training = time.monotonic() - self._last_step < self.training_idle_seconds
+        return max(1, self.cpus - self.training_threads_during_rounds) if training else self.cpus
+
+    @contextmanager
+    def interactive(self) -> Iterator[None]:
+        import torch  # the API imports torch anyway; deferred so that importing settings stays light
+
+        torch.set_num_threads(self.interactive_threads())
+        with self._lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def training_threads_now(self) -> int:
+        with self._lock:
+            self._last_step = time.monotonic()
+            busy = self._in_flight > 0
+        return self.training_threads_during_rounds if busy else self.training_threads
+
+    def before_training_step(self) -> None:
+        """Called by the training thread before each optimiser step."""
+        import torch  # see interactive()
+
+        wanted = self.training_threads_now()
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
 
 
 class ImageLocks:
@@ -51,30 +114,15 @@ class AppContext:
     compute: ComputeSlots
     hub: ModelHub
     training: TrainingService
+    threads: ThreadPolicy = field(default_factory=ThreadPolicy)
     image_locks: ImageLocks = field(default_factory=ImageLocks)
 
 
-def build_context(settings: Settings) -> AppContext:
-    """Create the data directory and database schema if missing, and wire the services."""
-    from server.storage.db import create_schema, make_engine, make_session_factory
+def _embedded_executor(threads: ThreadPolicy, on_change):
+    """The in-process training executor, its steps under the server's thread policy."""
+    from learner.executors import EmbeddedExecutor
 
-    datastore = DataStore(settings.resolved_data_dir)
-    engine = make_engine(settings.resolved_database_url)
-    create_schema(engine)
-    session_factory = make_session_factory(engine)
-    metrics = Metrics()
-    compute = ComputeSlots(settings.compute_threads)
-    return AppContext(
-        settings=settings,
-        engine=engine,
-        session_factory=session_factory,
-        datastore=datastore,
-        metrics=metrics,
-        compute=compute,
-        hub=ModelHub(datastore, compute),
-        training=TrainingService(session_factory, datastore, metrics,
-                                 executor_factory=_celery_executor_factory(settings)),
-    )
+    return EmbeddedExecutor(on_change=on_change, progress_interval=1.0, before_step=threads.before_training_step)
 
 
 def _celery_executor_factory(settings: Settings):
@@ -88,3 +136,29 @@ def _celery_executor_factory(settings: Settings):
 
     worker_settings = WorkerSettings(broker_url=settings.broker_url, queue_prefix=settings.queue_prefix)
     return lambda on_change: CeleryExecutor(worker_settings, on_change=on_change, progress_interval=1.0)
+
+
+def build_context(settings: Settings) -> AppContext:
+    """Create the data directory and database schema if missing, and wire the services."""
+    from server.storage.db import create_schema, make_engine, make_session_factory
+
+    datastore = DataStore(settings.resolved_data_dir)
+    engine = make_engine(settings.resolved_database_url)
+    create_schema(engine)
+    session_factory = make_session_factory(engine)
+    metrics = Metrics()
+    compute = ComputeSlots(settings.compute_threads)
+    threads = ThreadPolicy(settings.training_threads, settings.training_threads_during_rounds)
+    return AppContext(
+        settings=settings,
+        engine=engine,
+        session_factory=session_factory,
+        datastore=datastore,
+        metrics=metrics,
+        compute=compute,
+        hub=ModelHub(datastore, compute, prediction_cache_bytes=int(settings.prediction_cache_mb * 2**20)),
+        training=TrainingService(session_factory, datastore, metrics,
+                                 executor_factory=_celery_executor_factory(settings)
+                                 or partial(_embedded_executor, threads)),
+        threads=threads,
+    )

@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(1024.0, gt=0, description="Largest accepted request body.")
     lease_seconds: int = Field(900, gt=0, description="An annotation session's lease on its image.")
     compute_threads: int = Field(2, ge=1, description="Threads for predictions and propagation.")
+    # The thread policy (server.context.ThreadPolicy): training and interactive requests share the CPU.
+    training_threads: int | None = Field(
+        None, ge=1, description="Torch threads of a training job when no request is computing (default: CPUs)."
+    )
+    training_threads_during_rounds: int = Field(
+        1, ge=1, description="Torch threads of a training job while a round, an opening or an accept computes."
+    )
+    prediction_cache_mb: float = Field(
+        512.0, gt=0, description="Memory for cached model predictions (the rounds of an image reuse them)."
+    )
     click_radius: float = Field(2.0, ge=0, description="In-plane radius (voxels) painted by a click.")
     stream_uncertainty_max_images: int = Field(
         16, ge=1, description="Images scored per `next` request when ordering by uncertainty."
@@ -50,14 +60,6 @@ class Settings(BaseSettings):
     )
     train_on_rounds: bool = Field(True, description="Submit a training job after every round.")
     seed: int = 0
-
-    # MONAI Label-compatible API (server/api/monailabel) and password log-in.
-    monailabel_project: str | None = Field(
-        None, description="Project (name or id) that the MONAI Label API serves; default: the first project."
-    )
-    access_token_minutes: int = Field(
-        720, ge=1, le=525_600, description="Lifetime of the bearer tokens issued by POST /auth/token."
-    )
 
     # MONAI Label-compatible API (server/api/monailabel) and password log-in.
     monailabel_project: str | None = Field(
