@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint serve clean
+.PHONY: install test lint serve clean vendor-echarts
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,20 @@ lint: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/scribbleflow serve --host 127.0.0.1 --port 8000
+
+# Re-vendor the dashboard's chart library from npm (CI needs no npm: the file is committed)
+# and check it against the pinned digest in server/static/vendor/SHA256SUMS.
+ECHARTS_VERSION := 6.1.0
+VENDOR_DIR := server/static/vendor
+vendor-echarts:
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent echarts@$(ECHARTS_VERSION) >/dev/null \
+	  && tar xzf echarts-$(ECHARTS_VERSION).tgz) \
+	  && cp $$tmp/package/dist/echarts.min.js $(VENDOR_DIR)/echarts.min.js \
+	  && cp $$tmp/package/LICENSE $(VENDOR_DIR)/LICENSE-echarts \
+	  && cp $$tmp/package/NOTICE $(VENDOR_DIR)/NOTICE-echarts \
+	  && cp $$tmp/package/licenses/LICENSE-d3 $(VENDOR_DIR)/LICENSE-d3; \
+	status=$$?; rm -rf $$tmp; exit $$status
+	cd $(VENDOR_DIR) && sha256sum -c SHA256SUMS
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

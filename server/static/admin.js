@@ -15,7 +15,10 @@
     rejected: { name: "rejected", color: "#dc2626", symbol: "triangle", size: 13 },
     candidate: { name: "candidate", color: "#6b7280", symbol: "emptyCircle", size: 10 },
   };
-  const JOB_COLORS = { succeeded: "#2563eb", failed: "#dc2626", running: "#d97706", queued: "#9ca3af" };
+  const JOB_COLORS = {
+    succeeded: "#2563eb", failed: "#dc2626", running: "#d97706", queued: "#9ca3af", superseded: "#a78bfa",
+    cancelled: "#6b7280",
+  };
 
   const $ = (id) => document.getElementById(id);
   const charts = {};
@@ -161,7 +164,7 @@
   function baseOption() {
     return {
       animation: false,
-      grid: { left: 48, right: 52, top: 34, bottom: 36 },
+      grid: { left: 48, right: 56, top: 54, bottom: 36 },
       tooltip: { trigger: "item", confine: true },
       legend: { top: 0, textStyle: { fontSize: 11 } },
     };
@@ -180,6 +183,7 @@
     renderTiles(data);
     renderDice(data.versions);
     renderJobs(data.jobs);
+    renderJobStates(data.job_states);
     renderLatency(data.jobs);
     renderEffort(data.images);
     renderRounds(data.images);
@@ -204,6 +208,14 @@
   }
 
   function renderDice(versions) {
+    // One category per version, in order; each point carries its version number.
+    const index = new Map(versions.map((v, k) => [v.version, k]));
+    const point = (v) => ({
+      value: [index.get(v.version), v.metrics.val_dice ?? null],
+      version: v.version,
+      reason: (v.details && v.details.reason) || "",
+      source: v.source,
+    });
     const series = Object.entries(VERSION_STYLES).map(([status, style]) => ({
       id: `versions-${status}`,
       name: style.name,
@@ -212,13 +224,7 @@
       symbolSize: style.size,
       itemStyle: { color: style.color },
       z: status === "serving" ? 3 : 2,
-      data: versions
-        .filter((v) => versionStatus(v) === status)
-        .map((v) => ({
-          value: [v.version, v.metrics.val_dice ?? null],
-          reason: (v.details && v.details.reason) || "",
-          source: v.source,
-        })),
+      data: versions.filter((v) => versionStatus(v) === status).map(point),
     }));
     // The path of the versions that served, in order.
     series.push({
@@ -230,19 +236,38 @@
       lineStyle: { color: "#93c5fd", width: 1.5 },
       data: versions
         .filter((v) => v.promoted && v.metrics.val_dice !== undefined && v.metrics.val_dice !== null)
-        .map((v) => [v.version, v.metrics.val_dice]),
+        .map((v) => [index.get(v.version), v.metrics.val_dice]),
     });
     chart("chart-dice").setOption({
       ...baseOption(),
       tooltip: {
         trigger: "item",
         confine: true,
-        formatter: (p) => `v${p.value[0]} (${p.seriesName}, ${escapeHtml(p.data.source || "?")})<br>` +
+        formatter: (p) => `v${p.data.version} (${p.seriesName}, ${escapeHtml(p.data.source || "?")})<br>` +
           `validation Dice ${fmt(p.value[1])}<br>${escapeHtml(p.data.reason || "")}`,
       },
-      xAxis: { type: "value", name: "version", nameLocation: "middle", nameGap: 24, minInterval: 1 },
+      xAxis: { type: "category", data: versions.map((v) => `v${v.version}`), name: "model version",
+               nameLocation: "middle", nameGap: 24 },
       yAxis: { type: "value", name: "Dice", min: 0, max: 1 },
       series,
+    }, { notMerge: true });
+  }
+
+  function renderJobStates(states) {
+    chart("chart-states").setOption({
+      ...baseOption(),
+      legend: { top: 0, textStyle: { fontSize: 11 } },
+      series: [{
+        id: "job-states",
+        name: "jobs",
+        type: "pie",
+        radius: ["35%", "65%"],
+        center: ["50%", "58%"],
+        label: { formatter: "{b}: {c}" },
+        data: Object.entries(states).map(([state, count]) => ({
+          name: state, value: count, itemStyle: { color: JOB_COLORS[state] || "#9ca3af" },
+        })),
+      }],
     }, { notMerge: true });
   }
 
