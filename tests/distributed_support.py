@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,10 +13,31 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yml"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 WORKER_READY_SECONDS = 120
+SERVER_READY_SECONDS = 120
+
+
+def compose_services() -> dict:
+    """docker-compose.yml's services (YAML anchors and merge keys resolved)."""
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))["services"]
+
+
+def compose_command(service: str) -> list[str]:
+    """The command the compose file runs for ``service``, with this environment's ``scribbleflow``."""
+    command = list(compose_services()[service]["command"])
+    assert command[0] == "scribbleflow", command
+    return [str(Path(sys.executable).parent / "scribbleflow"), *command[1:]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def redis_answers(port: int = REDIS_PORT) -> bool:
@@ -58,8 +80,55 @@ def distributed_env(tmp_path: Path, broker_url: str, **extra: str) -> dict[str, 
     return env
 
 
+class ServerProcess:
+    """The compose file's server command (``scribbleflow serve``) on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.port = free_port()
+        self.env = {**env, "SCRIBBLEFLOW_HOST": "127.0.0.1", "SCRIBBLEFLOW_PORT": str(self.port)}
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import httpx
+
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(compose_command("server"), env=self.env, stdout=log,
+                                        stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        deadline = time.monotonic() + SERVER_READY_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"server did not answer within {SERVER_READY_SECONDS} s:\n{self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
 class WorkerProcess:
-    """``scribbleflow worker --queues train --concurrency 1`` (a real Celery worker) as a subprocess."""
+    """The compose file's worker command (``scribbleflow worker --queues train --concurrency 1``,
+    a real Celery worker) as a subprocess, named so that several can run side by side."""
 
     def __init__(self, env: dict[str, str], log_path: Path, name: str = "w1"):
         self.env = env
@@ -71,8 +140,7 @@ class WorkerProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "worker", "--queues", "train", "--concurrency", "1",
-             "--hostname", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"],
+            [*compose_command("worker-cpu"), "--hostname", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
         )
         deadline = time.monotonic() + WORKER_READY_SECONDS

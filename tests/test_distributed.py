@@ -1,6 +1,6 @@
 """Distributed mode end to end: real Redis, real PostgreSQL, a real Celery worker subprocess
 (`scribbleflow worker`) and the server (`scribbleflow serve` with SCRIBBLEFLOW_BROKER_URL)
-as a subprocess on loopback. A round submitted through the API is trained by the worker
+as subprocesses on loopback, started with the very commands docker-compose.yml runs. A round submitted through the API is trained by the worker
 into a new model version, and the job's progress shows through the job endpoints."""
 
 from __future__ import annotations
@@ -17,8 +17,14 @@ from clients.annotator import SimulatedAnnotator
 from clients.client import ScribbleflowClient
 from registration.volume import write_volume_atomic
 from tests.conftest import postgres_schema, synthetic_volume
-from tests.distributed_support import REDIS_HOST, REDIS_PORT, WorkerProcess, distributed_env, ensure_redis
-from tests.test_e2e_server import ServerProcess
+from tests.distributed_support import (
+    REDIS_HOST,
+    REDIS_PORT,
+    ServerProcess,
+    WorkerProcess,
+    distributed_env,
+    ensure_redis,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +48,7 @@ def create_token(env: dict[str, str]) -> str:
 
 def executor_ids(database_url: str) -> dict[int, str]:
     """Job row id -> the id its executor (here: Celery's task id) knows it by, read from the database."""
-    engine = create_engine(database_url.replace("postgresql+psycopg", "postgresql+psycopg", 1))
+    engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
             return dict(connection.execute(text("SELECT id, executor_id FROM jobs")).all())
@@ -66,7 +72,7 @@ def test_round_is_trained_by_a_celery_worker(tmp_path, postgres_url):
         with ScribbleflowClient(server.url, token, timeout=120) as client:
             project = client.create_project("heart", ["inner", "ring"])
             image = client.upload_image(project.id, image_path)
-            record = SimulatedAnnotator(client, 3, seed=1).annotate(image, truth, rounds=1, accept=False)
+            record = SimulatedAnnotator(client, 3, seed=1).annotate(image, truth, 1, accept=False)
             round_id = record.rounds[0].round.id
             (job,) = client.list_jobs(project.id)
             assert (job.round_id, job.trigger) == (round_id, "round")
