@@ -23,6 +23,7 @@ from server.api import dashboard as dashboard_api
 from server.api import health as health_api
 from server.api import monailabel as monailabel_api
 from server.api import monailabel as monailabel_api
+from server.api import monailabel as monailabel_api
 from server.context import AppContext, build_context
 from server.errors import ServiceError
 from server.metrics import RequestMetricsMiddleware
@@ -96,6 +97,31 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+def _document_error_body(app: FastAPI) -> None:
+    """Document the 422 body as ``_invalid_request`` below writes it: FastAPI's schema for it
+    (``HTTPValidationError``) describes its own default body, a list under ``detail``."""
+    build_schema = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build_schema()
+            schemas = schema.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = {
+                    "title": "HTTPValidationError",
+                    "type": "object",
+                    "required": ["detail", "error", "errors"],
+                    "properties": {
+                        "detail": {"type": "string", "description": "What is wrong, in words."},
+                        "error": {"type": "string", "enum": ["invalid_request"]},
+                        "errors": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
     settings = settings or Settings()
     ctx = context or build_context(settings)
@@ -140,8 +166,10 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         return JSONResponse({"detail": str(exc.detail), "error": "http_error"}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
+    _document_error_body(app)
     app.include_router(build_router())
     app.include_router(health_api.router)  # /health and /metrics at the root as well
+    app.include_router(monailabel_api.build_router())  # MONAI Label API at the root: docs/viewers.md
     app.include_router(monailabel_api.build_router())  # MONAI Label API at the root: docs/viewers.md
     app.include_router(monailabel_api.build_router())  # MONAI Label API at the root: docs/viewers.md
     dashboard_api.add_dashboard_page(app)  # /admin and its scripts

@@ -10,11 +10,12 @@ voxel without a label.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Point3 = tuple[float, float, float]
+MAX_CHANNELS = 512  # widest UNet level a project may ask for
 PointSpace = Literal["index", "physical"]
 
 
@@ -84,7 +85,8 @@ class LearningSettingsUpdate(BaseModel):
 
 
 class ProjectCreateLearning(LearningSettingsUpdate):
-    channels: list[int] | None = Field(None, min_length=2, max_length=7)
+    # Bounded: a network of huge widths would exhaust the server's memory at creation.
+    channels: list[Annotated[int, Field(ge=1, le=MAX_CHANNELS)]] | None = Field(None, min_length=2, max_length=7)
 
 
 class ProjectCreate(BaseModel):
