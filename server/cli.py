@@ -20,12 +20,14 @@ _COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra_modules: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The parser of this layer's commands plus those of ``extra_modules`` (a higher layer's
+    command modules, e.g. clients/entry.py adds ``bench stream``)."""
     parser = argparse.ArgumentParser(prog="scribbleflow", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     bench = subparsers.add_parser("bench", help="benchmarks that write JSON results")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    for module_name in _COMMAND_MODULES:
+    for module_name in _COMMAND_MODULES + tuple(extra_modules):
         importlib.import_module(module_name).register(subparsers, bench_sub)
     return parser
 
