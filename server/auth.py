@@ -168,6 +168,144 @@ def _verify_user_token(db: Session, token_id: str, secret: str) -> Principal:
     return Principal(token_id=row.id, owner=user.name, role=row.role)
 
 
+# --- users with passwords and the bearer tokens they log in for ------------------------------
+
+_USER_PREFIX = "sfu"
+MIN_PASSWORD_LENGTH = 8
+_passwords = PasswordHasher()  # argon2id with the library's recommended parameters
+# Checked when the user name is unknown, so that a wrong name costs as long as a wrong password.
+_UNKNOWN_USER_HASH = _passwords.hash(secrets.token_urlsafe(16))
+
+
+def create_user(db: Session, name: str, role: str, password: str, created_by: str | None = None) -> User:
+    """Store a new user with an argon2id hash of ``password``. Commits."""
+    if role not in ROLES:
+        raise BadInput(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise BadInput("a user needs a name of 1 to 200 characters")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise BadInput(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if db.scalar(select(User).where(User.name == name)) is not None:
+        raise Conflict(f"a user named {name!r} exists already")
+    user = User(name=name, role=role, password_hash=_passwords.hash(password), created_by=created_by)
+    db.add(user)
+    db.commit()
+    return user
+
+
+def list_users(db: Session) -> list[User]:
+    return list(db.scalars(select(User).order_by(User.id)))
+
+
+def authenticate(db: Session, name: str, password: str) -> User:
+    """The active user ``name`` if ``password`` is theirs; Unauthorized (one message for both) if not."""
+    user = db.scalar(select(User).where(User.name == name))
+    try:
+        _passwords.verify(user.password_hash if user else _UNKNOWN_USER_HASH, password)
+    except (VerificationError, InvalidHashError):
+        user = None
+    if user is None or user.disabled_at is not None:
+        raise Unauthorized("wrong user name or password")
+    if _passwords.check_needs_rehash(user.password_hash):
+        user.password_hash = _passwords.hash(password)
+        db.commit()
+    return user
+
+
+def issue_user_token(db: Session, user: User, minutes: int) -> tuple[str, UserToken]:
+    """A bearer token of ``user``'s role valid for ``minutes``: (the token text, its row). Commits."""
+    token_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    salt = secrets.token_hex(16)
+    row = UserToken(id=token_id, user_id=user.id, salt=salt, digest=_digest(salt, secret), role=user.role,
+                    expires_at=utcnow() + timedelta(minutes=minutes))
+    db.add(row)
+    db.commit()
+    return f"{_USER_PREFIX}_{token_id}_{secret}", row
+
+
+def _verify_user_token(db: Session, token_id: str, secret: str) -> Principal:
+    row = db.get(UserToken, token_id)
+    if row is None or not hmac.compare_digest(row.digest, _digest(row.salt, secret)):
+        raise Unauthorized("invalid access token")
+    if row.expires_at <= utcnow():
+        raise Unauthorized("this access token has expired; log in again (POST /auth/token)")
+    user = db.get(User, row.user_id)
+    if user is None or user.disabled_at is not None:
+        raise Unauthorized("the user of this access token is disabled")
+    return Principal(token_id=row.id, owner=user.name, role=row.role)
+
+
+# --- users with passwords and the bearer tokens they log in for ------------------------------
+
+_USER_PREFIX = "sfu"
+MIN_PASSWORD_LENGTH = 8
+_passwords = PasswordHasher()  # argon2id with the library's recommended parameters
+# Checked when the user name is unknown, so that a wrong name costs as long as a wrong password.
+_UNKNOWN_USER_HASH = _passwords.hash(secrets.token_urlsafe(16))
+
+
+def create_user(db: Session, name: str, role: str, password: str, created_by: str | None = None) -> User:
+    """Store a new user with an argon2id hash of ``password``. Commits."""
+    if role not in ROLES:
+        raise BadInput(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise BadInput("a user needs a name of 1 to 200 characters")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise BadInput(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if db.scalar(select(User).where(User.name == name)) is not None:
+        raise Conflict(f"a user named {name!r} exists already")
+    user = User(name=name, role=role, password_hash=_passwords.hash(password), created_by=created_by)
+    db.add(user)
+    db.commit()
+    return user
+
+
+def list_users(db: Session) -> list[User]:
+    return list(db.scalars(select(User).order_by(User.id)))
+
+
+def authenticate(db: Session, name: str, password: str) -> User:
+    """The active user ``name`` if ``password`` is theirs; Unauthorized (one message for both) if not."""
+    user = db.scalar(select(User).where(User.name == name))
+    try:
+        _passwords.verify(user.password_hash if user else _UNKNOWN_USER_HASH, password)
+    except (VerificationError, InvalidHashError):
+        user = None
+    if user is None or user.disabled_at is not None:
+        raise Unauthorized("wrong user name or password")
+    if _passwords.check_needs_rehash(user.password_hash):
+        user.password_hash = _passwords.hash(password)
+        db.commit()
+    return user
+
+
+def issue_user_token(db: Session, user: User, minutes: int) -> tuple[str, UserToken]:
+    """A bearer token of ``user``'s role valid for ``minutes``: (the token text, its row). Commits."""
+    token_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    salt = secrets.token_hex(16)
+    row = UserToken(id=token_id, user_id=user.id, salt=salt, digest=_digest(salt, secret), role=user.role,
+                    expires_at=utcnow() + timedelta(minutes=minutes))
+    db.add(row)
+    db.commit()
+    return f"{_USER_PREFIX}_{token_id}_{secret}", row
+
+
+def _verify_user_token(db: Session, token_id: str, secret: str) -> Principal:
+    row = db.get(UserToken, token_id)
+    if row is None or not hmac.compare_digest(row.digest, _digest(row.salt, secret)):
+        raise Unauthorized("invalid access token")
+    if row.expires_at <= utcnow():
+        raise Unauthorized("this access token has expired; log in again (POST /auth/token)")
+    user = db.get(User, row.user_id)
+    if user is None or user.disabled_at is not None:
+        raise Unauthorized("the user of this access token is disabled")
+    return Principal(token_id=row.id, owner=user.name, role=row.role)
+
+
 # --- FastAPI dependencies ------------------------------------------------------------------
 
 _bearer = HTTPBearer(auto_error=False, description="API token: `Authorization: Bearer TOKEN`")
