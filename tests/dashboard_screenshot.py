@@ -35,7 +35,7 @@ def take_screenshot(target: Path, annotated: int = 3) -> None:
         server.start()
         try:
             with ScribbleflowClient(server.url, token, timeout=300) as client:
-                build_stream(client, folder / "stream", annotated=annotated, name="heart")
+                build_stream(client, folder / "stream", annotated=annotated, name="heart", job_timeout=1800)
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -54,7 +54,10 @@ def _labelmap_round(client: ScribbleflowClient, folder: Path, session_id: int, n
     return client.submit_labelmap(session_id, _write(folder, name, labelmap.astype(np.uint8)))
 
 
-def build_stream(client: ScribbleflowClient, folder: Path, *, annotated: int = 1, name: str = "demo") -> Stream:
+def build_stream(
+    client: ScribbleflowClient, folder: Path, *, annotated: int = 1, name: str = "demo",
+    job_timeout: float = JOB_TIMEOUT_SECONDS,
+) -> Stream:
     folder.mkdir(parents=True, exist_ok=True)
     project = client.create_project(name, LABELS, learning=LEARNING)
     cases = [synthetic_volume(SHAPE_ZYX, num_classes=len(LABELS) + 1, seed=seed, extent=EXTENT) for seed in range(annotated + 3)]
@@ -79,6 +82,6 @@ def build_stream(client: ScribbleflowClient, folder: Path, *, annotated: int = 1
     client.update_learning(project.id, train_on_rounds=True)
     session = client.open_session(bad)
     _labelmap_round(client, folder, session.id, "all-background", np.zeros(SHAPE_ZYX, dtype=np.uint8))
-    client.wait_for_jobs(project.id, timeout=JOB_TIMEOUT_SECONDS, poll=0.5)
+    client.wait_for_jobs(project.id, timeout=job_timeout, poll=0.5)
     return Stream(project_id=project.id, validation_image=validation, accepted_images=[validation, *good],
                   rejected_image=bad, new_image=new)

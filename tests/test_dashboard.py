@@ -7,6 +7,7 @@ in-process (TestClient) on both databases.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from datetime import timedelta
@@ -16,12 +17,14 @@ import pytest
 
 from clients.client import ScribbleflowClient
 from server.api.dashboard import STATIC_DIR
+from server.metrics import Metrics
 from server.services.dashboard import round_latency
 from server.storage.db import utcnow
 from tests.dashboard_stream import build_stream
 
 API = "/api/v1"
 VENDOR = STATIC_DIR / "vendor"
+GRAFANA_DASHBOARD = Path(__file__).resolve().parents[1] / "docker" / "grafana" / "scribbleflow-dashboard.json"
 ECHARTS_VERSION = "6.1.0"
 
 
@@ -68,6 +71,15 @@ def test_dashboard_needs_an_admin_token(client, project, admin_headers, annotato
     assert refused.status_code == 403 and "admin" in refused.json()["detail"]
     unknown = client.get(f"{API}/projects/{project['id'] + 1}/dashboard", headers=admin_headers)
     assert unknown.status_code == 404 and "not found" in unknown.json()["detail"]
+
+
+def test_grafana_example_queries_only_metrics_the_server_exports():
+    board = json.loads(GRAFANA_DASHBOARD.read_text())
+    queries = [target["expr"] for panel in board["panels"] for target in panel["targets"]]
+    used = {re.sub(r"_(bucket|count|sum|total)$", "", name)
+            for query in queries for name in re.findall(r"scribbleflow_\w+", query)}
+    exported = {family.name for family in Metrics().registry.collect()}
+    assert used and used <= exported, used - exported
 
 
 def _metric(text: str, sample: str, /, **labels) -> float | None:
