@@ -14,6 +14,7 @@ import sys
 # Modules whose register(subparsers, bench_subparsers) adds their commands.
 _COMMAND_MODULES: tuple[str, ...] = (
     "server.commands",  # serve, token
+    "server.db_commands",  # db upgrade, db current
     "learner.commands",  # train, bench offline
     "learner.worker_commands",  # worker (distributed mode)
     "registration.commands",  # bench propagate

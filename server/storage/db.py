@@ -79,7 +79,8 @@ def make_session_factory(engine: Engine) -> sessionmaker:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every table that does not exist yet (idempotent)."""
-    from server.storage import models  # noqa: F401  (registers the tables on Base)
+    """Create the schema of an empty database, or migrate an older one to the current
+    schema keeping its data (Alembic; server/storage/migrate.py). Idempotent."""
+    from server.storage.migrate import upgrade_schema  # imports alembic and the tables
 
-    Base.metadata.create_all(engine)
+    upgrade_schema(engine)

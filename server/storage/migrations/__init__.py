@@ -1,0 +1,1 @@
+"""Alembic migrations of the database schema (server/storage/migrate.py runs them)."""
