@@ -2,9 +2,12 @@
 # Starts the local services the test suite relies on when they are not answering:
 # Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (the machine's own cluster).
 # Debian packages the tests use are installed when missing (CI runs as root), with one
-# `apt-get update`: docker-compose (tests/test_deployment.py runs `docker-compose config`).
+# `apt-get update`: docker-compose (tests/test_deployment.py runs `docker-compose config`) and
+# Chromium for the dashboard's browser test (Playwright drives /usr/bin/chromium and never
+# downloads a browser of its own).
 missing=()
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"; } >/dev/null \
     || echo "ensure_services: could not install ${missing[*]}" >&2
