@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Header, UploadFile
 from fastapi.responses import FileResponse
 
 from server import schemas
@@ -10,6 +10,11 @@ from server.api.deps import Ctx, end_transaction, nifti_response, save_upload
 from server.auth import CurrentUser, Db
 from server.services import images as image_service
 from server.services import sessions
+
+# A client that retries a round (timeout, server restart) with the same key gets the same round.
+IDEMPOTENCY_KEY = Header(None, alias="Idempotency-Key", min_length=1, max_length=200,
+                         description="Any unique string per round (e.g. a UUID); a retry with it returns "
+                                     "the round stored for it instead of making a second one.")
 
 router = APIRouter(tags=["sessions"])
 
@@ -36,11 +41,12 @@ def get_session(session_id: int, db: Db, _user: CurrentUser) -> schemas.SessionO
 @router.post("/sessions/{session_id}/rounds", response_model=schemas.RoundOut, status_code=201,
              summary="Submit scribbles and/or clicks")
 def add_round(
-    session_id: int, request: schemas.RoundCreate, ctx: Ctx, db: Db, user: CurrentUser
+    session_id: int, request: schemas.RoundCreate, ctx: Ctx, db: Db, user: CurrentUser,
+    idempotency_key: str | None = IDEMPOTENCY_KEY,
 ) -> schemas.RoundOut:
     session = sessions.get_session(db, session_id)
     with ctx.threads.interactive():
-        row = sessions.add_round(ctx, db, user, session, request)
+        row = sessions.add_round(ctx, db, user, session, request, idempotency_key)
     return sessions.round_out(db, row)
 
 
@@ -49,14 +55,15 @@ def add_round(
     summary="Submit a scribble labelmap (image's size; labels 0..C-1, 255 = unlabelled)",
 )
 def add_labelmap_round(
-    session_id: int, ctx: Ctx, db: Db, user: CurrentUser, file: UploadFile = File(...)
+    session_id: int, ctx: Ctx, db: Db, user: CurrentUser, file: UploadFile = File(...),
+    idempotency_key: str | None = IDEMPOTENCY_KEY,
 ) -> schemas.RoundOut:
     session = sessions.get_session(db, session_id)
     end_transaction(db)
     path = save_upload(ctx, file)
     try:
         with ctx.threads.interactive():
-            row = sessions.add_labelmap_round(ctx, db, user, session, path, file.filename)
+            row = sessions.add_labelmap_round(ctx, db, user, session, path, file.filename, idempotency_key)
     finally:
         path.unlink(missing_ok=True)
     return sessions.round_out(db, row)

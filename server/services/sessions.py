@@ -34,6 +34,7 @@ from server.auth import Principal
 from server.context import AppContext
 from server.errors import Conflict, NotFound
 from server.services import audit, images, interactions, pipeline, projects
+from server.services.idempotency import keyed_round
 from server.services.uploads import read_upload
 from server.storage.db import utcnow
 from server.storage.models import AnnotationSession, Image, Project, Round, TrainingJob
@@ -305,10 +306,13 @@ def _prepare(ctx: AppContext, db: Session, principal: Principal, session: Annota
 
 
 def add_round(
-    ctx: AppContext, db: Session, principal: Principal, session: AnnotationSession, request: schemas.RoundCreate
+    ctx: AppContext, db: Session, principal: Principal, session: AnnotationSession, request: schemas.RoundCreate,
+    idempotency_key: str | None = None,
 ) -> Round:
     db.commit()  # never wait for the image lock while holding a transaction
     with ctx.image_locks(session.image_id):
+        if (stored := keyed_round(db, session.id, idempotency_key)) is not None:
+            return stored  # a retry of a round stored before: the same round, not a second one
         prepared = _prepare(ctx, db, principal, session)
         volume = images.load_volume(ctx.datastore, prepared.image)
         num_classes = len(prepared.project.labels)
@@ -319,15 +323,17 @@ def add_round(
         )
         record = request.model_dump(mode="json")
         return _store_round(ctx, db, principal, session, prepared, volume, prediction, painted,
-                            "interactions", record)
+                            "interactions", record, idempotency_key)
 
 
 def add_labelmap_round(
     ctx: AppContext, db: Session, principal: Principal, session: AnnotationSession,
-    upload_path: Path, filename: str,
+    upload_path: Path, filename: str, idempotency_key: str | None = None,
 ) -> Round:
     db.commit()  # never wait for the image lock while holding a transaction
     with ctx.image_locks(session.image_id):
+        if (stored := keyed_round(db, session.id, idempotency_key)) is not None:
+            return stored
         prepared = _prepare(ctx, db, principal, session)
         volume = images.load_volume(ctx.datastore, prepared.image)
         labelmap = read_upload(upload_path, filename, ctx.settings.max_upload_bytes).volume
@@ -335,7 +341,7 @@ def add_labelmap_round(
         prediction = _round_prediction(ctx, prepared, session, volume)
         record = {"labelmap": True, "labelled_voxels": painted.voxels}
         return _store_round(ctx, db, principal, session, prepared, volume, prediction, painted,
-                            "labelmap", record)
+                            "labelmap", record, idempotency_key)
 
 
 def _round_prediction(ctx: AppContext, prepared: _Prepared, session: AnnotationSession, volume: Volume) -> Prediction:
@@ -359,6 +365,7 @@ def _store_round(
     painted: interactions.PaintedInput,
     kind: str,
     record: dict,
+    idempotency_key: str | None = None,
 ) -> Round:
     project, image = prepared.project, prepared.image
     seeds = interactions.merge(prepared.previous_seeds, painted.seeds)
@@ -408,6 +415,7 @@ def _store_round(
             planes=[list(p) for p in sorted(planes)],
             compute_seconds=seconds,
             model_weight=result.model_weight,
+            idempotency_key=idempotency_key,
         )
         db.add(row)
         db.flush()

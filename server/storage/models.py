@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -209,7 +210,12 @@ class Round(Base):
     planes: Mapped[list[list[int]]] = mapped_column(JSON)  # cumulative [axis, index] annotated
     compute_seconds: Mapped[float] = mapped_column(Float)
     model_weight: Mapped[float | None] = mapped_column(Float)  # the model's weight in the fusion
+    # The client's Idempotency-Key of the request that made the round (a retry gets this round).
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     dice: Mapped[dict[str, float] | None] = mapped_column(JSON)  # against the accepted label
+
+
+Index("ix_rounds_session_idempotency_key", Round.session_id, Round.idempotency_key, unique=True)
 
 
 class TrainingJob(Base):

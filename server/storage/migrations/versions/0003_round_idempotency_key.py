@@ -1,0 +1,27 @@
+"""The Idempotency-Key of the request that made a round (unique per session).
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("rounds") as batch:
+        batch.add_column(sa.Column("idempotency_key", sa.String(200)))
+    op.create_index("ix_rounds_session_idempotency_key", "rounds", ["session_id", "idempotency_key"], unique=True)
+
+
+def downgrade() -> None:
+    op.drop_index("ix_rounds_session_idempotency_key", table_name="rounds")
+    with op.batch_alter_table("rounds") as batch:
+        batch.drop_column("idempotency_key")
