@@ -593,7 +593,9 @@ def run_stream_benchmark(options: StreamOptions) -> dict:
             token = server.admin_token()
             server.start()
             url = server.url
+        startup_seconds = time.perf_counter() - wall_started
         report = _run(url, token, server, stream, holdout, num_classes, options, work_dir)
+        report["summary"]["phase_seconds"]["load_and_start"] = startup_seconds
     finally:
         if server is not None:
             server.stop()
@@ -614,6 +616,8 @@ def run_stream_benchmark(options: StreamOptions) -> dict:
 def _run(url: str, token: str, server: EmbeddedServer | None, stream: list[StreamImage],
          holdout: list[StreamImage], num_classes: int, options: StreamOptions, work_dir: Path) -> dict:
     load_start = os.getloadavg()[0]
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
     with ScribbleflowClient(url, token, timeout=900.0) as admin:
         labels = [f"label{c}" for c in range(1, num_classes)]
         project = admin.create_project(f"bench-stream-{int(time.time())}", labels)
@@ -625,10 +629,13 @@ def _run(url: str, token: str, server: EmbeddedServer | None, stream: list[Strea
         upload_stream(admin, project.id, stream, upload_dir)
         tokens = [admin.create_token("annotator", f"annotator-{k}").token for k in range(options.annotators)]
 
-        stream_started = time.perf_counter()
+        phases["project_and_upload"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         shared = run_annotators(url, tokens, stream, num_classes, options, project.id, work_dir / "downloads")
-        stream_seconds = time.perf_counter() - stream_started
+        phases["stream"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         jobs = wait_for_project_jobs(admin, project.id, options.job_timeout)
+        phases["remaining_jobs"] = time.perf_counter() - clock
         jobs_by_id = {j.id: j for j in jobs}
         models = admin.list_models(project.id)
         versions = [{"version": v.version, "created_at": v.created_at, "promoted": bool(v.promoted),
@@ -650,10 +657,11 @@ def _run(url: str, token: str, server: EmbeddedServer | None, stream: list[Strea
             "jobs": {state: sum(j.state == state for j in jobs) for state in sorted({j.state for j in jobs})},
             "model_versions": len(models.versions),
             "serving_version": models.serving_version,
-            "stream_seconds": stream_seconds,
+            "phase_seconds": phases,
         }
         curve = {"versions": [v.model_dump(mode="json") for v in models.versions]}
         version_scores: dict[int, dict] = {}
+        clock = time.perf_counter()
         if server is not None:
             registry_root = server.data_dir / "projects" / str(project.id) / "models"
             version_scores = evaluate_versions(registry_root, models.versions, holdout, size, num_classes,
@@ -673,6 +681,8 @@ def _run(url: str, token: str, server: EmbeddedServer | None, stream: list[Strea
                                            size, num_classes)
             extra["forgetting"] = sm.forgetting(forgetting_cases["after_learned"], forgetting_cases["at_end"])
             extra["forgetting_cases"] = forgetting_cases
+        phases["holdout_and_forgetting"] = time.perf_counter() - clock
+        clock = time.perf_counter()
 
         # The offline model on the same accepted labels (validation images excluded, like online).
         if options.offline and extra["online_steps_serving_lineage"] > 0:
@@ -691,6 +701,7 @@ def _run(url: str, token: str, server: EmbeddedServer | None, stream: list[Strea
                 extra["offline_holdout_dice"] = float(np.mean(list(offline_scores.values())))
                 extra["offline"] = {"iterations": result.iterations, "train_seconds": result.train_seconds,
                                     "images": len(train_set), "per_case": offline_scores}
+        phases["offline"] = time.perf_counter() - clock
 
     extra.update({
         "cpu_model": _cpu_model(),

@@ -1,0 +1,91 @@
+"""``scribbleflow bench stream`` end to end: a real server subprocess on loopback, a tiny
+synthetic stream (two NIfTI volumes, one holdout volume), two rounds per volume, two online
+steps per job. Checks the report's keys and that its numbers agree with what they measure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clients import stream_metrics as sm
+from clients.bench_stream import StreamOptions, run_stream_benchmark
+from learner.scribbles import boundary_effort
+from registration.volume import write_volume_atomic
+from tests.conftest import synthetic_volume
+
+SHAPE_ZYX = (5, 24, 28)  # non-cubic: axis mix-ups change the numbers
+
+pytestmark = pytest.mark.slow  # 114 s on this 2-core machine at load average 9 (server start, jobs, offline model)
+
+
+@pytest.fixture
+def stream_dirs(tmp_path, monkeypatch):
+    for split, seeds in (("stream", (0, 1)), ("holdout", (2,))):
+        for seed in seeds:
+            volume, label = synthetic_volume(SHAPE_ZYX, seed=seed)
+            write_volume_atomic(volume, tmp_path / split / "images" / f"case{seed}.nii.gz")
+            write_volume_atomic(volume, tmp_path / split / "labels" / f"case{seed}.nii.gz", label)
+    # The embedded server reads these (a tiny network, two steps per job, no validation images).
+    for name, value in (("ONLINE_STEPS", "2"), ("MODEL_SIZE", "32"), ("MODEL_CHANNELS", "[4, 8, 16]"),
+                        ("VALIDATION_EVERY", "0"), ("REPLAY_CAPACITY", "1"), ("COMPUTE_THREADS", "1")):
+        monkeypatch.setenv(f"SCRIBBLEFLOW_{name}", value)
+    return tmp_path
+
+
+def test_bench_stream_end_to_end(stream_dirs, tmp_path):
+    out = tmp_path / "out" / "stream.json"
+    options = StreamOptions(
+        data=str(stream_dirs / "stream"), holdout=str(stream_dirs / "holdout"), out=str(out),
+        plots=str(tmp_path / "plots"), max_rounds=2, target_dice=0.99, progress=False, job_timeout=300,
+    )
+    report = run_stream_benchmark(options)
+    summary = report["summary"]
+    assert tuple(summary)[: len(sm.SUMMARY_KEYS)] == sm.SUMMARY_KEYS
+    assert json.loads(out.read_text())["summary"] == json.loads(json.dumps(summary))
+    assert summary["errors"] == 0, summary["error_messages"]
+    assert summary["volumes"] == 2 and "failed" not in summary["jobs"]
+    # Every round and accept queued a job; a round job may be superseded or stopped by its accept.
+    assert sum(summary["jobs"].values()) == summary["rounds"] + 2 and summary["jobs"]["succeeded"] >= 2
+
+    truths = {f"case{s}": synthetic_volume(SHAPE_ZYX, seed=s)[1] for s in (0, 1)}
+    for volume in report["volumes"]:
+        rounds = volume["rounds"]
+        assert 1 <= len(rounds) <= 2
+        assert all(0.0 <= r["dice"] <= 1.0 and 0.0 <= r["proxy_dice"] <= 1.0 for r in rounds)
+        assert all(r["latency_s"] > 0 and r["effort"]["voxels"] > 0 for r in rounds)
+        # Effort against full annotation, recounted with the learner's own boundary counter.
+        planes = [tuple(p) for p in volume["touched_planes"]]
+        assert len(planes) == len(rounds)  # one new plane per round
+        truth = truths[volume["name"]]
+        touched = sum(boundary_effort(truth, [i for a, i in planes if a == axis], axis=axis)[0] for axis in range(3))
+        full = boundary_effort(truth, [], axis=0)[1]
+        assert volume["effort"]["full_boundary_pixels"] == full
+        assert volume["effort"]["effort_reduction_pct"] == pytest.approx(100 * (1 - touched / full))
+        assert volume["final_dice"] == rounds[-1]["dice"]
+        assert volume["accept_job"]["state"] == "succeeded" and volume["annotation_to_model_s"] > 0
+        for entry in rounds:
+            if entry["suggestion"] is not None:
+                assert not entry["suggestion"]["suggested_was_drawn"]
+
+    assert 0 < summary["round_latency_p50_s"] <= summary["round_latency_p95_s"]
+    assert summary["rounds_with_job"] + summary["rounds_without_job"] == summary["rounds"]
+    assert 0.0 <= summary["suggestion_hit_rate"] <= 1.0 and 0.0 <= summary["random_slice_hit_rate"] <= 1.0
+    assert summary["mean_effort_reduction_pct"] == pytest.approx(
+        np.mean([v["effort"]["effort_reduction_pct"] for v in report["volumes"]]))
+
+    # Every model version was scored on the holdout; the serving one is the online result.
+    versions = {v["version"] for v in report["learning_curve"]["versions"]}
+    assert {int(v) for v in report["holdout"]["versions"]} == versions
+    assert summary["online_holdout_dice"] == report["holdout"]["versions"][str(summary["serving_version"])][
+        "mean_dice"]
+    assert summary["online_steps_serving_lineage"] == 2 * (len(versions) - 1)  # two steps per online version
+    assert summary["offline"]["iterations"] == summary["online_steps_serving_lineage"]
+    assert 0.0 <= summary["offline_holdout_dice"] <= 1.0
+    assert summary["forgetting"] is not None and len(summary["forgetting_cases"]["after_learned"]) == 1
+    assert summary["gate_errors"] == sum(v["gate_error"] for v in report["gate"])
+
+    for path in report["plots"].values():
+        with open(path, "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
