@@ -22,8 +22,6 @@ from server.api import build_router
 from server.api import dashboard as dashboard_api
 from server.api import health as health_api
 from server.api import monailabel as monailabel_api
-from server.api import monailabel as monailabel_api
-from server.api import monailabel as monailabel_api
 from server.context import AppContext, build_context
 from server.errors import ServiceError
 from server.metrics import RequestMetricsMiddleware
@@ -169,8 +167,6 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     _document_error_body(app)
     app.include_router(build_router())
     app.include_router(health_api.router)  # /health and /metrics at the root as well
-    app.include_router(monailabel_api.build_router())  # MONAI Label API at the root: docs/viewers.md
-    app.include_router(monailabel_api.build_router())  # MONAI Label API at the root: docs/viewers.md
     app.include_router(monailabel_api.build_router())  # MONAI Label API at the root: docs/viewers.md
     dashboard_api.add_dashboard_page(app)  # /admin and its scripts
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)

@@ -45,30 +45,6 @@ def register(subparsers, bench_subparsers) -> None:
     list_users = user_sub.add_parser("list", help="list users (ids, names, roles; never the hashes)")
     list_users.set_defaults(func=user_list_command)
 
-    user = subparsers.add_parser("user", help="manage users who log in with a password (POST /auth/token)")
-    user_sub = user.add_subparsers(dest="user_command", required=True)
-    create_user = user_sub.add_parser(
-        "create", help="create a user; the password is asked twice, or read from stdin with --password-stdin"
-    )
-    create_user.add_argument("--name", required=True, help="the user name to log in with")
-    create_user.add_argument("--role", choices=("annotator", "admin"), required=True)
-    create_user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    create_user.set_defaults(func=user_create_command)
-    list_users = user_sub.add_parser("list", help="list users (ids, names, roles; never the hashes)")
-    list_users.set_defaults(func=user_list_command)
-
-    user = subparsers.add_parser("user", help="manage users who log in with a password (POST /auth/token)")
-    user_sub = user.add_subparsers(dest="user_command", required=True)
-    create_user = user_sub.add_parser(
-        "create", help="create a user; the password is asked twice, or read from stdin with --password-stdin"
-    )
-    create_user.add_argument("--name", required=True, help="the user name to log in with")
-    create_user.add_argument("--role", choices=("annotator", "admin"), required=True)
-    create_user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    create_user.set_defaults(func=user_create_command)
-    list_users = user_sub.add_parser("list", help="list users (ids, names, roles; never the hashes)")
-    list_users.set_defaults(func=user_list_command)
-
 
 def _session_factory():
     from server.settings import Settings
@@ -125,82 +101,6 @@ def token_list_command(args: argparse.Namespace) -> int:
         for row in list_tokens(db):
             state = "revoked" if row.revoked_at else "active"
             print(f"{row.id}\t{row.role}\t{row.owner}\t{state}\t{row.created_at.isoformat(timespec='seconds')}")
-    engine.dispose()
-    return 0
-
-
-def user_create_command(args: argparse.Namespace) -> int:
-    import getpass
-
-    from server.auth import create_user
-    from server.errors import ServiceError
-
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = getpass.getpass(f"password for {args.name}: ")
-        if getpass.getpass("again: ") != password:
-            print("error: the passwords differ", file=sys.stderr)
-            return 2
-    factory, engine = _session_factory()
-    try:
-        with factory() as db:
-            user = create_user(db, args.name, args.role, password, created_by="command line")
-    except ServiceError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    finally:
-        engine.dispose()
-    print(f"user {user.name!r} ({user.role}) created", file=sys.stderr)
-    return 0
-
-
-def user_list_command(args: argparse.Namespace) -> int:
-    from server.auth import list_users
-
-    factory, engine = _session_factory()
-    with factory() as db:
-        for row in list_users(db):
-            state = "disabled" if row.disabled_at else "active"
-            print(f"{row.id}\t{row.name}\t{row.role}\t{state}\t{row.created_at.isoformat(timespec='seconds')}")
-    engine.dispose()
-    return 0
-
-
-def user_create_command(args: argparse.Namespace) -> int:
-    import getpass
-
-    from server.auth import create_user
-    from server.errors import ServiceError
-
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = getpass.getpass(f"password for {args.name}: ")
-        if getpass.getpass("again: ") != password:
-            print("error: the passwords differ", file=sys.stderr)
-            return 2
-    factory, engine = _session_factory()
-    try:
-        with factory() as db:
-            user = create_user(db, args.name, args.role, password, created_by="command line")
-    except ServiceError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    finally:
-        engine.dispose()
-    print(f"user {user.name!r} ({user.role}) created", file=sys.stderr)
-    return 0
-
-
-def user_list_command(args: argparse.Namespace) -> int:
-    from server.auth import list_users
-
-    factory, engine = _session_factory()
-    with factory() as db:
-        for row in list_users(db):
-            state = "disabled" if row.disabled_at else "active"
-            print(f"{row.id}\t{row.name}\t{row.role}\t{state}\t{row.created_at.isoformat(timespec='seconds')}")
     engine.dispose()
     return 0
 

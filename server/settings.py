@@ -69,14 +69,6 @@ class Settings(BaseSettings):
         720, ge=1, le=525_600, description="Lifetime of the bearer tokens issued by POST /auth/token."
     )
 
-    # MONAI Label-compatible API (server/api/monailabel) and password log-in.
-    monailabel_project: str | None = Field(
-        None, description="Project (name or id) that the MONAI Label API serves; default: the first project."
-    )
-    access_token_minutes: int = Field(
-        720, ge=1, le=525_600, description="Lifetime of the bearer tokens issued by POST /auth/token."
-    )
-
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from server.api import admin, dashboard, health, images, jobs, models, projects, sessions
+from server.api import admin, dashboard, deps, health, images, jobs, models, projects, sessions
 
 API_PREFIX = "/api/v1"
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX)
+    router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(deps.ids_in_range)])
     for module in (health, projects, images, sessions, models, jobs, admin, dashboard):
         router.include_router(module.router)
     return router

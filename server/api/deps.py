@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,22 @@ def get_context(request: Request) -> AppContext:
 
 
 Ctx = Annotated[AppContext, Depends(get_context)]
+
+
+_LARGEST_ID = 2**63 - 1  # the database's integer columns are 64-bit
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+
+
+def ids_in_range(request: Request) -> None:
+    """Whole numbers in the path or query beyond 64 bits name nothing the database can hold:
+    404 / 400 here instead of an overflow inside the database driver."""
+    for where, values in (("path", request.path_params), ("query", request.query_params)):
+        for name, value in values.items():
+            text = str(value).strip()
+            if _WHOLE_NUMBER.fullmatch(text) and abs(int(text)) > _LARGEST_ID:
+                if where == "path":
+                    raise NotFound(f"{name} {text} not found")
+                raise BadInput(f"query parameter {name} is out of range")
 
 
 def save_upload(ctx: AppContext, upload: UploadFile) -> Path:

@@ -67,62 +67,6 @@ class UserToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class User(Base):
-    """A person who logs in with a password (``POST /auth/token``); the hash is argon2id."""
-
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    role: Mapped[str] = mapped_column(String(16))
-    password_hash: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    created_by: Mapped[str | None] = mapped_column(String(200))
-    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
-
-class UserToken(Base):
-    """A bearer token issued to a user at log-in: the user's role at that time, an expiry."""
-
-    __tablename__ = "user_tokens"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public part of the token
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    salt: Mapped[str] = mapped_column(String(64))
-    digest: Mapped[str] = mapped_column(String(128))  # sha256(salt + secret), hex
-    role: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class User(Base):
-    """A person who logs in with a password (``POST /auth/token``); the hash is argon2id."""
-
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    role: Mapped[str] = mapped_column(String(16))
-    password_hash: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    created_by: Mapped[str | None] = mapped_column(String(200))
-    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
-
-class UserToken(Base):
-    """A bearer token issued to a user at log-in: the user's role at that time, an expiry."""
-
-    __tablename__ = "user_tokens"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public part of the token
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    salt: Mapped[str] = mapped_column(String(64))
-    digest: Mapped[str] = mapped_column(String(128))  # sha256(salt + secret), hex
-    role: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
 class Project(Base):
     __tablename__ = "projects"
 
