@@ -1,0 +1,52 @@
+"""The server's thread policy: a training step gets fewer torch threads while a round computes."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from server.context import ThreadPolicy
+
+
+def in_thread(function):
+    """Run ``function`` in a fresh thread (torch thread counts are per thread); its result."""
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("value", function()))
+    thread.start()
+    thread.join(timeout=30)
+    return result["value"]
+
+
+def training_step_threads(policy: ThreadPolicy) -> int:
+    policy.before_training_step()
+    return torch.get_num_threads()
+
+
+def test_training_threads_follow_rounds_in_flight():
+    policy = ThreadPolicy(training_threads=2, training_threads_during_rounds=1, cpus=2)
+    previous = torch.get_num_threads()
+    try:
+        assert in_thread(lambda: training_step_threads(policy)) == 2
+        with policy.interactive():
+            assert policy.in_flight == 1
+            assert torch.get_num_threads() == 1  # training ran a step just now: one CPU is left
+            assert in_thread(lambda: training_step_threads(policy)) == 1
+        assert policy.in_flight == 0
+        assert in_thread(lambda: training_step_threads(policy)) == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_requests_use_every_cpu_when_no_training_runs():
+    policy = ThreadPolicy(training_threads=2, training_threads_during_rounds=1, cpus=2, training_idle_seconds=60)
+    previous = torch.get_num_threads()
+    try:
+        assert policy.interactive_threads() == 2  # no step yet
+        in_thread(lambda: training_step_threads(policy))
+        assert policy.interactive_threads() == 1
+        idle = ThreadPolicy(training_threads=2, cpus=2, training_idle_seconds=0.0)
+        in_thread(lambda: training_step_threads(idle))
+        assert idle.interactive_threads() == 2  # the last step is older than the idle time
+    finally:
+        torch.set_num_threads(previous)
