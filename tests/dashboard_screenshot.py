@@ -20,7 +20,7 @@ from tests.dashboard_stream import build_stream
 from tests.test_dashboard_browser import CHROMIUM, admin_token
 from tests.test_e2e_server import ServerProcess
 
-PALETTE_COLOURS = 96
+PALETTE_COLOURS = 128
 
 
 def take_screenshot(target: Path, annotated: int = 3) -> None:

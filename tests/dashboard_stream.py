@@ -34,7 +34,7 @@ LEARNING = {
     "train_on_rounds": False,
     "online": {"size": 32, "batch_size": 4, "learning_rate": 0.01, "promotion_tolerance": 0.02},
 }
-JOB_TIMEOUT_SECONDS = 180
+JOB_TIMEOUT_SECONDS = 600  # a bound, for a machine busy with other work
 
 
 @dataclass

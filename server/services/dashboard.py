@@ -35,7 +35,7 @@ def project_dashboard(
     jobs = [
         schemas.DashboardJob(
             **job.model_dump(),
-            loss=loss_by_version.get(job.result_version) if job.result_version is not None else None,
+            loss=loss_by_version.get(job.result_version),
             run_seconds=_seconds_between(job.started_at, job.finished_at),
             annotation_to_model_seconds=curves.annotation_to_model_seconds(job),
         )

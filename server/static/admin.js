@@ -10,7 +10,7 @@
   const PROJECT_KEY = "scribbleflow.project";
   // How each model version status is drawn in the Dice chart (one series per status).
   const VERSION_STYLES = {
-    serving: { name: "serving", color: "#d97706", symbol: "diamond", size: 18 },
+    serving: { name: "serving", color: "#16a34a", symbol: "diamond", size: 18 },
     promoted: { name: "promoted", color: "#2563eb", symbol: "circle", size: 10 },
     rejected: { name: "rejected", color: "#dc2626", symbol: "triangle", size: 13 },
     candidate: { name: "candidate", color: "#6b7280", symbol: "emptyCircle", size: 10 },
