@@ -48,11 +48,11 @@ from clients import stream_metrics as sm
 from clients.annotator import SimulatedAnnotator
 from clients.client import ApiError, ScribbleflowClient
 from learner.bench.offline import write_report_json
+from learner.checkpoints import load_checkpoint
 from learner.data import Case, case_paths, load_case
 from learner.device import resolve_precision
 from learner.inference import predict_volume
 from learner.metrics import dice_per_class
-from learner.registry import ModelRegistry
 from learner.train import TrainSettings
 from learner.train import train as train_model
 from registration.volume import Volume, read_volume, write_volume_atomic
@@ -458,14 +458,27 @@ def holdout_dice(model, cases: list[StreamImage], size: int, num_classes: int) -
     }
 
 
-def evaluate_versions(registry_root: Path, versions: list[schemas.ModelVersionOut], holdout: list[StreamImage],
+class Checkpoints:
+    """Model versions downloaded through the API (once each), loaded on the CPU."""
+
+    def __init__(self, client: ScribbleflowClient, project_id: int, folder: Path):
+        self.client, self.project_id, self.folder = client, project_id, folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def load(self, version: int):
+        path = self.folder / f"v{version:06d}.pt"
+        if not path.exists():
+            self.client.download_checkpoint(self.project_id, version, path)
+        model, _config, _metadata = load_checkpoint(path, device="cpu")
+        return model
+
+
+def evaluate_versions(checkpoints: Checkpoints, versions: list[schemas.ModelVersionOut], holdout: list[StreamImage],
                       size: int, num_classes: int, progress: bool) -> dict[int, dict]:
-    """Holdout Dice of every model version, read from the project's registry."""
-    registry = ModelRegistry(registry_root)
+    """Holdout Dice of every model version."""
     scores: dict[int, dict] = {}
     for record in tqdm(versions, desc="holdout per version", unit="version", disable=not progress):
-        model, _config, _meta = registry.load(record.version)
-        per_case = holdout_dice(model, holdout, size, num_classes)
+        per_case = holdout_dice(checkpoints.load(record.version), holdout, size, num_classes)
         scores[record.version] = {"mean_dice": float(np.mean(list(per_case.values()))), "per_case": per_case}
     return scores
 
@@ -594,7 +607,7 @@ def run_stream_benchmark(options: StreamOptions) -> dict:
             server.start()
             url = server.url
         startup_seconds = time.perf_counter() - wall_started
-        report = _run(url, token, server, stream, holdout, num_classes, options, work_dir)
+        report = _run(url, token, stream, holdout, num_classes, options, work_dir)
         report["summary"]["phase_seconds"]["load_and_start"] = startup_seconds
     finally:
         if server is not None:
@@ -613,7 +626,7 @@ def run_stream_benchmark(options: StreamOptions) -> dict:
     return report
 
 
-def _run(url: str, token: str, server: EmbeddedServer | None, stream: list[StreamImage],
+def _run(url: str, token: str, stream: list[StreamImage],
          holdout: list[StreamImage], num_classes: int, options: StreamOptions, work_dir: Path) -> dict:
     load_start = os.getloadavg()[0]
     phases: dict[str, float] = {}
@@ -660,12 +673,9 @@ def _run(url: str, token: str, server: EmbeddedServer | None, stream: list[Strea
             "phase_seconds": phases,
         }
         curve = {"versions": [v.model_dump(mode="json") for v in models.versions]}
-        version_scores: dict[int, dict] = {}
         clock = time.perf_counter()
-        if server is not None:
-            registry_root = server.data_dir / "projects" / str(project.id) / "models"
-            version_scores = evaluate_versions(registry_root, models.versions, holdout, size, num_classes,
-                                               options.progress)
+        checkpoints = Checkpoints(admin, project.id, work_dir / "checkpoints")
+        version_scores = evaluate_versions(checkpoints, models.versions, holdout, size, num_classes, options.progress)
         holdout_by_version = {v: s["mean_dice"] for v, s in version_scores.items()}
         tolerance = float(learning.get("online", {}).get("promotion_tolerance", 0.02))
         verdicts = sm.gate_verdicts(versions, holdout_by_version, tolerance)
@@ -676,11 +686,10 @@ def _run(url: str, token: str, server: EmbeddedServer | None, stream: list[Strea
         extra["online_steps_serving_lineage"] = lineage_steps(models.versions, models.serving_version)
 
         # Forgetting: the first fifth of the stream, right after learning it and at the end.
-        if server is not None:
-            forgetting_cases = _forgetting(server, project.id, shared.volumes, stream, models.serving_version,
-                                           size, num_classes)
-            extra["forgetting"] = sm.forgetting(forgetting_cases["after_learned"], forgetting_cases["at_end"])
-            extra["forgetting_cases"] = forgetting_cases
+        forgetting_cases = _forgetting(checkpoints, shared.volumes, stream, models.serving_version, size,
+                                       num_classes)
+        extra["forgetting"] = sm.forgetting(forgetting_cases["after_learned"], forgetting_cases["at_end"])
+        extra["forgetting_cases"] = forgetting_cases
         phases["holdout_and_forgetting"] = time.perf_counter() - clock
         clock = time.perf_counter()
 
@@ -725,9 +734,8 @@ def _run(url: str, token: str, server: EmbeddedServer | None, stream: list[Strea
     }
 
 
-def _forgetting(server: EmbeddedServer, project_id: int, volumes: list[dict], stream: list[StreamImage],
+def _forgetting(checkpoints: Checkpoints, volumes: list[dict], stream: list[StreamImage],
                 final_version: int | None, size: int, num_classes: int) -> dict:
-    registry = ModelRegistry(server.data_dir / "projects" / str(project_id) / "models")
     by_name = {s.name: s for s in stream}
     learned = [v for v in volumes if not v["is_validation"] and v.get("version_after") is not None]
     early = learned[: sm.first_fifth(len(learned))]
@@ -735,7 +743,6 @@ def _forgetting(server: EmbeddedServer, project_id: int, volumes: list[dict], st
     for volume in early:
         item = by_name[volume["name"]]
         for version, target in ((volume["version_after"], after), (final_version, at_end)):
-            model, _config, _meta = registry.load(version)
-            target[item.name] = holdout_dice(model, [item], size, num_classes)[item.name]
+            target[item.name] = holdout_dice(checkpoints.load(version), [item], size, num_classes)[item.name]
     return {"after_learned": after, "at_end": at_end,
             "versions_after": {v["name"]: v["version_after"] for v in early}, "final_version": final_version}

@@ -273,6 +273,10 @@ class ScribbleflowClient:
             self._json("GET", f"{API}/projects/{project_id}/models/{version}")
         )
 
+    def download_checkpoint(self, project_id: int, version: int, destination: str | os.PathLike) -> Path:
+        """A model version's checkpoint file (admin), loadable with ``learner.checkpoints``."""
+        return self._download(f"{API}/projects/{project_id}/models/{version}/checkpoint", destination)
+
     def import_checkpoint(self, project_id: int, path: str | os.PathLike) -> schemas.ModelVersionOut:
         return schemas.ModelVersionOut.model_validate(
             self._upload(f"{API}/projects/{project_id}/models/import", path, None)

@@ -96,3 +96,23 @@ def test_import_with_settings_the_project_cannot_take_is_refused_before_serving(
     assert models["serving_version"] == 0 and len(models["versions"]) == 1
     updated = client.get(f"/api/v1/projects/{project['id']}", headers=admin_headers).json()
     assert updated["learning"] == project["learning"]
+
+
+def test_download_checkpoint_of_a_version(client, project, admin_headers, annotator_headers, tmp_path):
+    from learner.checkpoints import load_checkpoint
+
+    content = _checkpoint_bytes(tmp_path, num_classes=3, size=48)
+    client.post(f"/api/v1/projects/{project['id']}/models/import",
+                files={"file": ("offline.pt", io.BytesIO(content))}, headers=admin_headers)
+    url = f"/api/v1/projects/{project['id']}/models/1/checkpoint"
+    response = client.get(url, headers=admin_headers)
+    assert response.status_code == 200
+    (tmp_path / "v1.pt").write_bytes(response.content)
+    model, config, _metadata = load_checkpoint(tmp_path / "v1.pt", device="cpu")
+    assert config.num_classes == 3
+    original, _, _ = load_checkpoint(tmp_path / "offline-3.pt", device="cpu")
+    for (name, a), (_, b) in zip(model.state_dict().items(), original.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert client.get(url, headers=annotator_headers).status_code == 403
+    missing = client.get(f"/api/v1/projects/{project['id']}/models/7/checkpoint", headers=admin_headers)
+    assert missing.status_code == 404 and "version 7" in missing.json()["detail"]

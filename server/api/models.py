@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, File, UploadFile
+from fastapi.responses import FileResponse
 
 from server import schemas
 from server.api.deps import Ctx, end_transaction, save_upload
@@ -40,6 +41,21 @@ def get_version(project_id: int, version: int, ctx: Ctx, db: Db, _user: CurrentU
     if record is None:
         raise NotFound(f"project {project_id} has no model version {version}")
     return version_out(record)
+
+
+@router.get("/projects/{project_id}/models/{version}/checkpoint", response_class=FileResponse,
+            summary="Download a version's checkpoint (.pt, as scribbleflow train writes them) (admin)")
+def download_checkpoint(project_id: int, version: int, ctx: Ctx, db: Db, _user: AdminUser) -> FileResponse:
+    projects.get_project(db, project_id)
+    end_transaction(db)
+    registry = ctx.hub.registry(project_id)
+    if not any(r.version == version for r in registry.versions()):
+        raise NotFound(f"project {project_id} has no model version {version}")
+    path = registry.checkpoint_path(version)
+    if not path.is_file():
+        raise NotFound(f"the checkpoint of version {version} is missing from the data store")
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=f"project-{project_id}-v{version:06d}.pt")
 
 
 @router.post(
