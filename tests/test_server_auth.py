@@ -95,13 +95,17 @@ def test_every_endpoint_but_health_needs_a_token(app, client):
     schema = client.get("/openapi.json").json()
     checked = 0
     for path, operations in schema["paths"].items():
-        concrete = path.replace("{version}", "0").replace("{name}", "segmentation")
+        concrete = path.replace("{version}", "0").replace("{name}", "segmentation").replace("{model}", "clicks")
+        concrete = concrete.replace("{strategy}", "first")
         for part in ("project_id", "image_id", "session_id", "round_id", "job_id", "token_id"):
             concrete = concrete.replace("{" + part + "}", "1")
         for method in operations:
             response = client.request(method.upper(), concrete)
-            if path.endswith("/health"):
+            if path.endswith("/health") or path == "/auth/":
                 assert response.status_code == 200
+                continue
+            if path == "/auth/token":  # the log-in itself: no token, a form instead
+                assert response.status_code == 422
                 continue
             assert response.status_code == 401, (method, path, response.status_code)
             checked += 1

@@ -544,7 +544,8 @@ def next_sample(ctx: AppContext, db: Session, principal: Principal, project: Pro
     if image is None:
         return {}
     key = key_of(db, image)
-    return {"id": key, **image_info(ctx, image, key, checksum=True)}
+    # No server path ("path" is empty): the viewers then download the image from "url".
+    return {"id": key, "path": "", **image_info(ctx, image, key, checksum=True)}
 
 
 # --- training ---------------------------------------------------------------------------------

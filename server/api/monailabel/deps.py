@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import Depends
 
 from server.api.deps import Ctx
-from server.auth import Db
+from server.auth import CurrentUser, Db
 from server.services import monailabel
 from server.storage.models import Project
 
 
-def served_project(ctx: Ctx, db: Db) -> Project:
+def served_project(ctx: Ctx, db: Db, _user: CurrentUser) -> Project:
+    """The served project; the caller's token is checked first (no answer without one)."""
     return monailabel.require_project(db, ctx.settings)
 
 

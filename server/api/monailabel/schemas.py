@@ -103,6 +103,7 @@ class NextSample(BaseModel):
 
     id: str | None = None
     name: str | None = None
+    path: str | None = Field(None, description="Empty: the image is not on the viewer's file system.")
     url: str | None = None
     checksum: str | None = None
     ts: int | None = None
