@@ -49,6 +49,13 @@ def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
     return (entropy / np.log(max(p.shape[0], 2))).clip(0.0, 1.0).astype(np.float32)
 
 
+def model_share(confidence: np.ndarray, model_probabilities: np.ndarray, model_weight: float) -> np.ndarray:
+    """float32 (z, y, x) in [0, 1]: the model's share a = m * (1 - w) * (1 - H_model) of the
+    fused answer (module docstring)."""
+    far = 1.0 - np.clip(np.asarray(confidence, dtype=np.float32), 0.0, 1.0)
+    return (model_weight * far * (1.0 - normalized_entropy(model_probabilities))).astype(np.float32)
+
+
 def drawn_agreement(model_probabilities: np.ndarray, user_labels: np.ndarray) -> tuple[float, int] | None:
     """(agreement in [0, 1], drawn voxels) of the model's argmax with the user's drawn voxels;
     None when fewer than two classes are drawn (one class cannot tell a model from a
@@ -131,7 +138,7 @@ def fuse_with_model(
         raise ValueError(f"user labels outside 0..{num_classes - 1}")
 
     if model_weight > 0.0:
-        share = model_weight * (1.0 - np.clip(proxy.confidence, 0.0, 1.0)) * (1.0 - normalized_entropy(model))
+        share = model_share(proxy.confidence, model, model_weight)
         fused = proxy.probabilities + share[None] * (model - proxy.probabilities)
         fused = fused.astype(np.float32, copy=False)
         fused /= np.maximum(fused.sum(axis=0, keepdims=True), 1e-12)

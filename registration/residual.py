@@ -9,12 +9,29 @@ The error estimate of a round, E (z, y, x) in [0, 1], is a noisy-or of three sig
   (where the annotations carried from both sides disagree, and where a structure fades out
   beyond the outermost annotation), so H is the proxy's own "unsure, far from the
   annotations" along the borders of the structures; empty regions stay at 0.
-- D: the model's disagreement with the proxy (total variation distance of their class
-  distributions) times the model's reliability and (1 - proxy confidence): a trusted model
-  saying something else where the proxy is unsure.
+- X: the structures may continue beyond the last plane (along the annotated axis) where the
+  answer still holds foreground: on the planes past it, that plane's foreground footprint
+  times exp(-(s / r)^2) (s the physical distance to it, r the structures' in-plane radius),
+  times (1 - proxy confidence) and the proxy's share of the answer (1 - a, a below). Once
+  the proxy has faded a structure out its entropy there is 0, yet the structure may well
+  go on: that is where the next error hides.
+- D: where the model's and the proxy's most likely classes differ, the chance that the
+  side the answer did not follow is the right one: t_loser / (t_proxy + t_model), with
+  t_model = m (1 - H_model) (m the model's reliability) and t_proxy = (1 - m) * proxy
+  confidence (a model that matches what the user drew on this image is believed over the
+  proxy carried from a few slices). Next to the annotations a trusted model that disagrees
+  makes the (proxy's) answer doubtful; far from them, where the model decided, the
+  proxy's disagreement matters little.
 
-E is about 0 on annotated planes, so it no longer peaks where the user just drew (as
-|fused - model| did). The suggestion is the plane, along the axis the user annotates,
+With a model in the fusion (reliability m > 0), H is the entropy of the side the answer
+follows (the product of both where they agree: both must be unsure), and X is scaled by
+the proxy's share of the answer, 1 - a (a = ``registration.fusion.model_share``); with m = 0
+the answer is the proxy and H is its entropy. (With the truth as the model, the entropy of
+the fused mixture and D weighted by (1 - confidence) flagged the far slices where the model
+had already put the answer right: 0 wrong voxels on every suggested ACDC slice.)
+
+E no longer peaks where the user just drew (as |fused - model| did): an annotated plane's
+proxy is one-hot, so only a trusted model that disagrees with it there raises E on it. The suggestion is the plane, along the axis the user annotates,
 holding the most E among the planes not drawn yet on that axis, and on it the
 structure-sized region of E (see ``suggest_next_interaction``). Arrays are (z, y, x),
 probabilities (C, z, y, x).
@@ -36,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from registration.fusion import normalized_entropy
+from registration.fusion import model_share, normalized_entropy
 
 #: Reliability the model needs at open (no annotations yet) before its uncertainty, not the
 #: centre of the volume, says where to start.
@@ -109,15 +126,6 @@ def continuation(foreground: np.ndarray, axis: int, axis_spacing: float, radius:
     return np.moveaxis(out, 0, axis)
 
 
-def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """float32 (z, y, x) in [0, 1]: 0.5 * sum over classes of |p - q| ((C, z, y, x) each)."""
-    p = np.asarray(p, dtype=np.float32)
-    q = np.asarray(q, dtype=np.float32)
-    if p.shape != q.shape:
-        raise ValueError(f"shape mismatch: {p.shape} vs {q.shape}")
-    return np.clip(0.5 * np.abs(p - q).sum(axis=0), 0.0, 1.0).astype(np.float32)
-
-
 def error_estimate(
     fused_probabilities: np.ndarray,
     confidence: np.ndarray,
@@ -139,10 +147,27 @@ def error_estimate(
     foreground = fused[0] < 0.5
     if radius is None:
         radius = structure_radius(foreground, axis, spacing_zyx)
-    keep = 1.0 - normalized_entropy(fused)
-    keep *= 1.0 - far * continuation(foreground, axis, _spacing(spacing_zyx)[axis], radius)
-    if model_weight > 0.0:
-        keep *= 1.0 - model_weight * far * total_variation(model_probabilities, proxy_probabilities)
+    if model_weight <= 0.0:  # the answer is the proxy's
+        keep = 1.0 - normalized_entropy(fused)
+        keep *= 1.0 - far * continuation(foreground, axis, _spacing(spacing_zyx)[axis], radius)
+        return np.clip(1.0 - keep, 0.0, 1.0).astype(np.float32)
+    model = np.asarray(model_probabilities, dtype=np.float32)
+    proxy = np.asarray(proxy_probabilities, dtype=np.float32)
+    proxy_part = 1.0 - model_share(confidence, model, model_weight)
+    answer = fused.argmax(axis=0)
+    follows_model = answer == model.argmax(axis=0)
+    follows_proxy = answer == proxy.argmax(axis=0)
+    entropy_proxy, entropy_model = normalized_entropy(proxy), normalized_entropy(model)
+    entropy = np.where(follows_model, entropy_model, entropy_proxy)
+    entropy[follows_model & follows_proxy] = (entropy_proxy * entropy_model)[follows_model & follows_proxy]
+    keep = 1.0 - entropy
+    keep *= 1.0 - proxy_part * far * continuation(foreground, axis, _spacing(spacing_zyx)[axis], radius)
+    proxy_trust = (1.0 - far) * (1.0 - model_weight)
+    model_trust = model_weight * (1.0 - entropy_model)
+    losing_trust = np.where(follows_model, proxy_trust, model_trust)
+    wrong_if_split = losing_trust / np.maximum(proxy_trust + model_trust, 1e-6)
+    disagree = model.argmax(axis=0) != proxy.argmax(axis=0)
+    keep *= 1.0 - np.where(disagree, wrong_if_split, 0.0)
     return np.clip(1.0 - keep, 0.0, 1.0).astype(np.float32)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.annotator import SimulatedAnnotator, choose_slice, strokes_from_scribble
+from clients.annotator import SimulatedAnnotator, strokes_from_scribble
 from clients.cli import build_parser, upload_files
 from clients.client import ApiError, ScribbleflowClient
 from registration.volume import UNLABELLED, read_volume, write_volume_atomic
@@ -53,11 +53,13 @@ def test_client_sessions_with_the_simulated_annotator(admin_client, tmp_path):
     volume, label = synthetic_volume(seed=4)
     project = admin_client.create_project("s", ["inner", "ring"])
     image = admin_client.upload_image(project.id, write_volume_atomic(volume, tmp_path / "c.nii.gz"))
-    annotator = SimulatedAnnotator(admin_client, num_classes=3, seed=1, evaluate=True)
-    record = annotator.annotate(image, label, rounds=2, accept=True)
+    annotator = SimulatedAnnotator(admin_client, num_classes=3, seed=1, mode="labelmap")
+    record = annotator.annotate(image, label, max_rounds=2, accept=True)
     assert [r.round.number for r in record.rounds] == [1, 2]
     assert len({(r.axis, r.slice) for r in record.rounds}) == 2  # never the same slice twice
-    assert all(r.dice is not None and set(r.dice) == {1, 2} for r in record.rounds)
+    assert all(set(r.dice) == {1, 2} and set(r.proxy_dice) == {1, 2} for r in record.rounds)
+    assert record.rounds[0].model_version == 0 and record.rounds[0].model_weight == 0.0  # untrained: proxy only
+    assert record.rounds[1].mean_dice >= record.rounds[0].mean_dice - 0.02  # a correction does not hurt
     assert record.accepted.image.status == "accepted"
     final = read_volume(admin_client.download_label(image.id, tmp_path / "label.nii.gz"))
     assert final.spacing_xyz == pytest.approx(volume.spacing_xyz)
@@ -80,19 +82,9 @@ def test_stroke_mode_paints_exactly_the_simulated_scribble(admin_client, tmp_pat
     project = admin_client.create_project("k", ["inner", "ring"])
     image = admin_client.upload_image(project.id, write_volume_atomic(volume, tmp_path / "k.nii.gz"))
     annotator = SimulatedAnnotator(admin_client, num_classes=3, seed=2, mode="strokes")
-    record = annotator.annotate(image, label, rounds=1, accept=False)
+    record = annotator.annotate(image, label, max_rounds=1, accept=False)
     sent = read_volume(admin_client.download_round_file(record.rounds[0].round.id, "input", tmp_path / "i.nii.gz"))
     assert record.rounds[0].round.effort.voxels == int((sent.array != UNLABELLED).sum()) > 0
-
-
-def test_choose_slice_prefers_the_suggestion_then_the_largest_undrawn_slice():
-    _, label = synthetic_volume(seed=0)
-    suggestion = schemas.Suggestion(axis=0, slice=1, bbox_zyx=[1, 0, 0, 2, 4, 4], centroid_zyx=[1, 2, 2],
-                                    centroid_ijk=[2, 2, 1], centroid_lps=[0, 0, 0], score=0.9)
-    assert choose_slice(label, suggestion, set(), 3) == (0, 1)
-    fallback = choose_slice(label, suggestion, {(0, 1)}, 3)
-    foreground = (label > 0).sum(axis=(1, 2))
-    assert fallback[0] == 0 and foreground[fallback[1]] == foreground.max()
 
 
 def test_cli_finds_upload_files_and_parses_commands(tmp_path):

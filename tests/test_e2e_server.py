@@ -168,7 +168,7 @@ def test_end_to_end_over_http_with_restart(server_env, tmp_path):
             first = client.next_image(project.id).image
             assert first.id == images[0].id
             annotator = SimulatedAnnotator(client, num_classes, seed=7, evaluate=True)
-            record = annotator.annotate(first, truths[first.id], rounds=2, accept=False)
+            record = annotator.annotate(first, truths[first.id], max_rounds=2, accept=False)
             assert [r.round.number for r in record.rounds] == [1, 2]
             last = record.rounds[-1].round
             segmentation = read_volume(client.download_round_file(last.id, "segmentation", tmp_path / "seg.nii.gz"))

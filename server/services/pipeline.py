@@ -1,7 +1,8 @@
 """The computation of a round and of a session's opening (pure: arrays in, arrays out).
 
 Data flow of a round (ARCHITECTURE.md): cumulative user seeds on annotated planes
- -> ``registration.dense2d.densify_slice`` per plane, guided by the model's probabilities
+ -> ``registration.corrections`` (the previous answer kept where the user did not correct it)
+ -> ``registration.dense2d.densify_slice`` per plane, guided by a trusted model's probabilities
  -> ``registration.propagate.propagate_to_volume`` (3D proxy + confidence)
  -> ``registration.fusion.model_reliability`` (the model's weight: its agreement with the
     seeds and the serving version's validation Dice)
@@ -44,8 +45,12 @@ def compute_round(
     model_probabilities: np.ndarray,
     num_classes: int,
     validation_dice: float | None = None,
+    previous_segmentation: np.ndarray | None = None,
 ) -> RoundComputation:
-    """``validation_dice``: the serving version's validation Dice when the project has one."""
+    """``validation_dice``: the serving version's validation Dice when the project has one.
+    ``previous_segmentation``: the answer the user was shown (uint8 (z, y, x)), if it is to
+    be kept where they did not correct it (``registration.corrections``)."""
+    from registration.corrections import seeds_with_previous_answer
     from registration.fusion import fuse_with_model, model_reliability
     from registration.propagate import SliceAnnotation, propagate_to_volume
     from registration.residual import round_residual
@@ -60,6 +65,8 @@ def compute_round(
         seeds_2d = np.take(seeds, index, axis=axis)
         if not np.any(seeds_2d != UNLABELLED):
             continue
+        if previous_segmentation is not None:
+            seeds_2d = seeds_with_previous_answer(seeds_2d, np.take(previous_segmentation, index, axis=axis))
         labels_2d = dense_labels(
             np.take(image, index, axis=axis),
             seeds_2d,

@@ -289,6 +289,7 @@ class _Prepared:
     previous: Round | None
     previous_seeds: np.ndarray | None
     previous_planes: set[tuple[int, int]]
+    previous_segmentation: np.ndarray | None  # the answer the user corrects (none before round 1)
 
 
 def _prepare(ctx: AppContext, db: Session, principal: Principal, session: AnnotationSession) -> _Prepared:
@@ -298,11 +299,13 @@ def _prepare(ctx: AppContext, db: Session, principal: Principal, session: Annota
     project = projects.get_project(db, image.project_id)
     previous = active_round(db, image.id)
     db.commit()  # the renewed lease; and no transaction during the computation
-    seeds, planes = None, set()
+    seeds, planes, segmentation = None, set(), None
     if previous is not None:
         seeds = ctx.datastore.read_volume(f"{previous.dir}/{ROUND_FILES['scribble']}").array.astype(np.uint8)
         planes = {(int(a), int(i)) for a, i in previous.planes}
-    return _Prepared(project, image, previous, seeds, planes)
+        segmentation = ctx.datastore.read_volume(f"{previous.dir}/{ROUND_FILES['segmentation']}").array
+        segmentation = segmentation.astype(np.uint8)
+    return _Prepared(project, image, previous, seeds, planes, segmentation)
 
 
 def add_round(
@@ -374,7 +377,7 @@ def _store_round(
     with ctx.compute():
         result = pipeline.compute_round(
             volume.array, volume.spacing_zyx, seeds, planes, prediction.probabilities, len(project.labels),
-            validation_dice=prediction.validation_dice,
+            validation_dice=prediction.validation_dice, previous_segmentation=prepared.previous_segmentation,
         )
     seconds = time.perf_counter() - started
     ctx.metrics.round_seconds.labels(project=str(project.id)).observe(seconds)

@@ -1,0 +1,137 @@
+"""`python -m clients.bench_rounds`: the round computation with the corrective annotator, without a server.
+
+For each volume of a data directory, the simulated annotator (``clients.annotator``) corrects
+the answer of ``server.services.pipeline.compute_round`` for a few rounds on the slices the
+policy picks, with a stand-in for the model: ``uniform`` (an untrained model), ``truth``
+(the ground truth one-hot: a perfect model) or ``noisy`` (the truth shifted by a few pixels
+with a class dropped on a third of the slices, 0.85 one-hot + 0.15 uniform: a fair model).
+Per round it reports the mean foreground Dice of the fused answer and of the proxy alone,
+the model's weight, and where the suggestion for the next round lands: wrong voxels on the
+suggested slice against the mean over the undrawn slices (a random pick) and the worst one.
+
+    python -m clients.bench_rounds --data ../shared/data/acdc/val --limit 4 --rounds 4 --model uniform
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from clients.annotator import NOTHING, choose_slice, corrective_scribble, mean_foreground_dice
+from learner.data import case_paths, load_case
+from learner.metrics import dice_per_class
+from registration.residual import opening_suggestion
+from registration.volume import UNLABELLED
+from server.services.pipeline import compute_round
+
+MODELS = ("uniform", "truth", "noisy")
+
+
+def stand_in_model(kind: str, truth: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 (C, z, y, x) probabilities of the stand-in model ``kind`` (module docstring)."""
+    shape = truth.shape
+    if kind == "uniform":
+        return np.full((num_classes,) + shape, 1.0 / num_classes, dtype=np.float32)
+    labels = truth.copy()
+    if kind == "noisy":
+        labels = np.roll(labels, shift=(3, 3), axis=(1, 2))
+        for z in rng.choice(shape[0], size=max(1, shape[0] // 3), replace=False):
+            dropped = int(rng.integers(1, num_classes))
+            labels[z][labels[z] == dropped] = 0
+    one_hot = np.stack([(labels == c).astype(np.float32) for c in range(num_classes)])
+    if kind == "truth":
+        return one_hot
+    return (0.85 * one_hot + 0.15 / num_classes).astype(np.float32)
+
+
+def simulate_volume(
+    image: np.ndarray, truth: np.ndarray, num_classes: int, model: np.ndarray, rounds: int, policy: str,
+    rng: np.random.Generator,
+) -> list[dict]:
+    """Rows per round: slice, Dice of fused and proxy, model weight, suggestion hit numbers."""
+    seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    planes: set[tuple[int, int]] = set()
+    answer = np.full_like(truth, NOTHING)  # nothing kept before the first round
+    suggestion = opening_suggestion(model, reliability=0.0)
+    rows = []
+    for number in range(rounds):
+        axis, index = choose_slice(policy, truth, answer, suggestion, planes, rng)
+        drawing = corrective_scribble(np.take(truth, index, axis), np.take(answer, index, axis), num_classes)
+        planes.add((axis, index))
+        np.moveaxis(seeds, axis, 0)[index][drawing != UNLABELLED] = drawing[drawing != UNLABELLED]
+        started = time.perf_counter()
+        result = compute_round(
+            image, (1.0, 1.0, 1.0), seeds, planes, model, num_classes,
+            previous_segmentation=answer.astype(np.uint8) if number else None,
+        )
+        seconds = time.perf_counter() - started
+        answer = result.segmentation.astype(np.int64)
+        suggestion = result.suggestion
+        wrong = np.moveaxis(answer != truth, 0 if suggestion is None else suggestion.axis, 0).sum(axis=(1, 2))
+        along = 0 if suggestion is None else suggestion.axis
+        undrawn = [i for i in range(wrong.size) if (along, i) not in planes]
+        rows.append({
+            "round": number + 1,
+            "slice": [axis, index],
+            "stroke_voxels": int((drawing != UNLABELLED).sum()),
+            "dice_fused": mean_foreground_dice(dice_per_class(answer, truth, num_classes)),
+            "dice_proxy": mean_foreground_dice(dice_per_class(result.proxy_labels.astype(np.int64), truth,
+                                                              num_classes)),
+            "model_weight": result.model_weight,
+            "suggested_wrong": None if suggestion is None else int(wrong[suggestion.slice]),
+            "random_wrong": float(np.mean(wrong[undrawn])) if undrawn else None,
+            "worst_wrong": int(np.max(wrong[undrawn])) if undrawn else None,
+            "seconds": seconds,
+        })
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    last = [r for r in rows if r["round"] == max(x["round"] for x in rows)]
+    hits = [r for r in rows if r["suggested_wrong"] is not None and r["random_wrong"] is not None]
+    return {
+        "volumes": len(last),
+        "final_dice_fused": float(np.mean([r["dice_fused"] for r in last])),
+        "final_dice_proxy": float(np.mean([r["dice_proxy"] for r in last])),
+        "fused_minus_proxy_all_rounds": float(np.mean([r["dice_fused"] - r["dice_proxy"] for r in rows])),
+        "mean_model_weight": float(np.mean([r["model_weight"] for r in rows])),
+        "suggested_slice_wrong_voxels": float(np.mean([r["suggested_wrong"] for r in hits])),
+        "random_undrawn_slice_wrong_voxels": float(np.mean([r["random_wrong"] for r in hits])),
+        "worst_undrawn_slice_wrong_voxels": float(np.mean([r["worst_wrong"] for r in hits])),
+        "suggestion_hit_rate": float(np.mean([r["suggested_wrong"] > 0 for r in hits])),
+        "round_seconds_mean": float(np.mean([r["seconds"] for r in rows])),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="ACDC HDF5 or images/ + labels/ NIfTI directory")
+    parser.add_argument("--limit", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--model", choices=MODELS, default="uniform")
+    parser.add_argument("--policy", choices=("residual", "random", "oracle"), default="residual")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="write the rows and the summary as JSON here")
+    options = parser.parse_args(argv)
+    rows = []
+    for image_path, label_path in case_paths(options.data)[: options.limit]:
+        case = load_case(image_path, label_path)
+        truth = np.asarray(case.label, dtype=np.int64)
+        num_classes = max(int(truth.max()) + 1, 2)
+        rng = np.random.default_rng([options.seed, len(rows)])
+        model = stand_in_model(options.model, truth, num_classes, rng)
+        for row in simulate_volume(case.image.array, truth, num_classes, model, options.rounds, options.policy, rng):
+            rows.append({"case": case.name, **row})
+            print(json.dumps(rows[-1]), flush=True)
+    summary = {"model": options.model, "policy": options.policy, "rounds": options.rounds, **summarize(rows)}
+    print(json.dumps(summary, indent=1))
+    if options.out:
+        with open(options.out, "w", encoding="utf-8") as handle:
+            json.dump({"summary": summary, "rows": rows}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Corrections: the previous answer stays where the user did not draw, and gives way around their strokes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from registration.corrections import MIN_RELEASE_PIXELS, release_radius, seeds_with_previous_answer
+from registration.volume import UNLABELLED
+
+SHAPE = (48, 64)
+CENTRE = (24, 30)
+
+
+def _radius() -> np.ndarray:
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    return np.hypot(yy - CENTRE[0], xx - CENTRE[1])
+
+
+def test_a_stroke_in_a_missed_band_releases_the_band_and_keeps_the_thin_structure_beside_it():
+    """Blood pool (2) drawn too small: the answer has the ring class (1) from radius 6 to 14,
+    the truth has the pool out to 10. The user draws the pool's class on a ring at radius 8."""
+    radius = _radius()
+    previous = np.zeros(SHAPE, dtype=np.uint8)
+    previous[radius <= 14] = 1
+    previous[radius <= 6] = 2
+    previous[2:6, 50:60] = 1  # a structure far away, left alone
+    seeds = np.full(SHAPE, UNLABELLED, dtype=np.uint8)
+    seeds[np.abs(radius - 8) < 0.5] = 2
+    out = seeds_with_previous_answer(seeds, previous)
+    released = out == UNLABELLED
+    assert released[np.abs(radius - 9.5) < 0.5].all()  # the missed band next to the stroke
+    assert not released[radius >= 12].any()  # the outer part of the ring stays seeded as the ring ...
+    assert (out[(radius >= 12) & (radius <= 14)] == 1).all()  # ... so it cannot be flooded away
+    assert (out[radius <= 6] == 2).all()  # the stroke's own class is never released
+    assert (out[2:6, 50:60] == 1).all() and out[0, 0] == 0
+    drawn = seeds != UNLABELLED
+    np.testing.assert_array_equal(out[drawn], seeds[drawn])
+
+
+def test_a_stroke_on_a_missed_structure_releases_about_half_its_extent():
+    previous = np.zeros(SHAPE, dtype=np.uint8)  # the answer has no class 3 at all
+    seeds = np.full(SHAPE, UNLABELLED, dtype=np.uint8)
+    seeds[24, 20:40] = 3
+    assert release_radius(seeds == 3) == pytest.approx(10.0)
+    out = seeds_with_previous_answer(seeds, previous)
+    assert out[24 - 9, 30] == UNLABELLED and out[24 - 11, 30] == 0
+
+
+def test_without_seeds_or_with_agreeing_seeds_nothing_is_released():
+    previous = np.zeros((12, 16), dtype=np.uint8)
+    previous[1:11, 2:14] = 1
+    empty = np.full(previous.shape, UNLABELLED, dtype=np.uint8)
+    np.testing.assert_array_equal(seeds_with_previous_answer(empty, previous), empty)
+    agreeing = empty.copy()
+    agreeing[6, 8] = 1  # farther than MIN_RELEASE_PIXELS from any other class
+    np.testing.assert_array_equal(seeds_with_previous_answer(agreeing, previous), previous)
+    click = empty.copy()
+    click[0, 0] = 1
+    assert release_radius(click == 1) == MIN_RELEASE_PIXELS
+    with pytest.raises(ValueError):
+        seeds_with_previous_answer(empty[:, :-1], previous)
