@@ -18,7 +18,14 @@ Coordination through Redis (``JobCoordination``), with no database access here:
   exits without training (a job already running is never interrupted);
 - *cancel*: a flag that the running job checks at every optimiser step, and at its start;
 - *started*: set atomically with the superseded check, so exactly one of "the job
-  starts" and "a newer job supersedes it" happens.
+  starts" and "a newer job supersedes it" happens;
+- *lease*: the process running a job holds a lease on it, renewed by a heartbeat thread.
+  A redelivered copy of the job (the broker's visibility timeout passed while it still
+  ran) finds the lease held and is dropped without touching the job's state; after a
+  worker was killed, its lease runs out and the redelivered job runs.
+
+A job that already produced its model version (the worker died after storing it, before
+acknowledging the message) is not trained again: the task returns that version.
 
 Settings come from ``SCRIBBLEFLOW_*`` environment variables (``WorkerSettings``), the
 same names the server uses for the broker (``SCRIBBLEFLOW_BROKER_URL``,
@@ -26,22 +33,31 @@ same names the server uses for the broker (``SCRIBBLEFLOW_BROKER_URL``,
 
 A GPU worker pins each worker process to one device (``SCRIBBLEFLOW_WORKER_DEVICES``,
 e.g. ``0,1``: process i gets device i mod n) by setting ``CUDA_VISIBLE_DEVICES`` in the
-process before anything touches CUDA; the parent process never does.
+process before anything touches CUDA; the parent process imports torch (so that a job's
+time limit does not count the import) but never initialises CUDA.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 import redis
 from billiard import current_process
 from celery import Celery, signals
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Loaded in the worker's parent process, before the pool forks, so that a job's time limit
+# does not count importing torch; nothing here touches CUDA (see _pin_device).
+from learner.jobs import TrainJob, registry_at, run_train_job_at_paths
+from learner.online import UpdateCancelled
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +75,19 @@ class WorkerSettings(BaseSettings):
 
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL: broker and result backend.")
     queue_prefix: str = Field("", description="Prefix of the queue names and coordination keys.")
-    job_soft_time_limit: int = Field(3 * 3600, ge=1, description="Seconds until a job is asked to stop.")
-    job_time_limit: int = Field(3 * 3600 + 300, ge=1, description="Seconds until a job's process is killed.")
+    # An online job takes about a minute on a CPU (docs/benchmarks.md); a job of a worker that
+    # died is handed to another worker after the visibility timeout, so keep these tight.
+    job_soft_time_limit: int = Field(1800, ge=1, description="Seconds until a job is asked to stop.")
+    job_time_limit: int = Field(2100, ge=1, description="Seconds until a job's process is killed.")
     visibility_timeout: int = Field(
-        4 * 3600, ge=1,
+        2400, ge=1,
         description="Seconds before an unacknowledged message goes to another worker; above job_time_limit.",
     )
     worker_devices: str = Field("", description="CUDA devices of a GPU worker, e.g. '0,1' (empty: none pinned).")
+    job_lease_seconds: int = Field(
+        60, ge=2, description="A running job's lease, renewed every third of it; a redelivered copy "
+                              "of a job whose lease is held exits.",
+    )
 
     @model_validator(mode="after")
     def _limits_in_order(self) -> WorkerSettings:
@@ -74,6 +96,10 @@ class WorkerSettings(BaseSettings):
                 "need job_soft_time_limit < job_time_limit < visibility_timeout, got "
                 f"{self.job_soft_time_limit}, {self.job_time_limit}, {self.visibility_timeout}"
             )
+        if not self.job_lease_seconds < self.visibility_timeout:
+            # else a job redelivered after its worker died would find the dead worker's lease
+            raise ValueError(f"need job_lease_seconds < visibility_timeout, got {self.job_lease_seconds}, "
+                             f"{self.visibility_timeout}")
         return self
 
     def queue(self, name: str) -> str:
@@ -103,6 +129,47 @@ end
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 return false
 """
+
+
+_RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Lease:
+    """Holds a job's lease while the job runs: a daemon thread renews it every third of its time."""
+
+    def __init__(self, coordination: JobCoordination, job_id: str, seconds: int):
+        self.coordination, self.job_id, self.seconds = coordination, job_id, seconds
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id}", daemon=True)
+
+    def acquire(self) -> bool:
+        if not self.coordination.take_lease(self.job_id, self.holder, self.seconds):
+            return False
+        self._thread.start()
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                if not self.coordination.renew_lease(self.job_id, self.holder, self.seconds):
+                    log.warning("job %s: lease lost", self.job_id)
+            except redis.RedisError as error:  # Redis away for a moment: try again at the next beat
+                log.warning("job %s: lease not renewed (%s)", self.job_id, error)
+
+    def release(self) -> None:
+        self._stop.set()
+        try:
+            self.coordination.release_lease(self.job_id, self.holder)
+        except redis.RedisError as error:
+            log.warning("job %s: lease not released (%s); it runs out by itself", self.job_id, error)
 
 
 @dataclass
@@ -145,6 +212,16 @@ class JobCoordination:
         )
         return newest.decode() if isinstance(newest, bytes) else newest
 
+    def take_lease(self, job_id: str, holder: str, seconds: int) -> bool:
+        """True when ``holder`` now holds the job's lease (nobody else held it)."""
+        return bool(self.client.set(self._key("lease", job_id), holder, nx=True, ex=seconds))
+
+    def renew_lease(self, job_id: str, holder: str, seconds: int) -> bool:
+        return bool(self.client.eval(_RENEW_SCRIPT, 1, self._key("lease", job_id), holder, seconds))
+
+    def release_lease(self, job_id: str, holder: str) -> None:
+        self.client.eval(_RELEASE_SCRIPT, 1, self._key("lease", job_id), holder)
+
     def request_cancel(self, job_id: str) -> None:
         self.client.set(self._key("cancel", job_id), "1", ex=KEY_TTL_SECONDS)
 
@@ -169,7 +246,10 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         task_time_limit=settings.job_time_limit,
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=None,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # Unacknowledged messages older than the visibility timeout (their worker died) are
+        # looked for every 10 s (kombu's default throttle would make it about every 100 s).
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout,
+                                  "unacked_restore_interval": 10, "unacked_restore_throttle": 1},
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         result_expires=KEY_TTL_SECONDS,
         broker_connection_retry_on_startup=True,
@@ -203,14 +283,23 @@ def _coordination(app: Celery) -> JobCoordination:
 def _train_task(task, payload: dict) -> dict:
     """Run one ``TrainJob`` payload; the outcome as JSON (``outcome``: succeeded | superseded | cancelled).
 
-    Failures raise (task state FAILURE with the message). The job function is imported
-    here so that the worker's parent process does not load torch before it forks.
+    Failures raise (task state FAILURE with the message).
     """
-    from learner.jobs import TrainJob, run_train_job_at_paths
-    from learner.online import UpdateCancelled
-
     job = TrainJob.from_dict(payload)
     coordination = _coordination(task.app)
+    settings: WorkerSettings = task.app.scribbleflow_settings
+    lease = Lease(coordination, job.job_id, settings.job_lease_seconds)
+    if not lease.acquire():
+        # A redelivered copy while the job still runs elsewhere: leave its state alone.
+        log.warning("job %s runs in another worker (lease held): this copy is dropped", job.job_id)
+        raise Ignore()
+    try:
+        return _run_leased(task, job, coordination)
+    finally:
+        lease.release()
+
+
+def _run_leased(task, job: TrainJob, coordination: JobCoordination) -> dict:
     started_at = time.time()
     if coordination.cancel_requested(job.job_id):
         return {"outcome": "cancelled", "error": "cancelled before it started", "started_at": started_at}
@@ -228,6 +317,10 @@ def _train_task(task, payload: dict) -> dict:
             task.update_state(state=PROGRESS_STATE,
                               meta={"step": int(step), "total": int(total), "started_at": started_at})
 
+    stored = _version_of_job(registry_at(job.registry_root), job.job_id) if job.registry_root else None
+    if stored is not None:
+        log.info("job %s produced version %s before (redelivered): not trained again", job.job_id, stored["version"])
+        return {"outcome": "succeeded", "result": stored, "started_at": started_at, "finished_at": time.time()}
     progress(0, job.steps)
     try:
         result = run_train_job_at_paths(job, progress, lambda: coordination.cancel_requested(job.job_id))
@@ -238,6 +331,20 @@ def _train_task(task, payload: dict) -> dict:
         raise RuntimeError(f"the job ran past its soft time limit of {limit} s") from exceeded
     return {"outcome": "succeeded", "result": result.to_dict(), "started_at": started_at,
             "finished_at": time.time()}
+
+
+def _version_of_job(registry, job_id: str) -> dict | None:
+    """The result of a version that ``job_id`` stored already (the worker died before acknowledging)."""
+    record = next((r for r in registry.versions() if r.source.get("job_id") == job_id), None)
+    if record is None:
+        return None
+    return {
+        "job_id": job_id, "project_id": record.source.get("project_id"), "image_id": record.source.get("image_id"),
+        "round_id": record.source.get("round_id"), "version": record.version, "parent": record.parent,
+        "promoted": record.status in ("serving", "retired"), "reason": record.reason,
+        "serving_version": registry.serving_version(), "steps": int(record.metrics.get("steps", 0)),
+        "redelivered": True,
+    }
 
 
 @signals.worker_process_init.connect
