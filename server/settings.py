@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     compute_threads: int = Field(2, ge=1, description="Threads for predictions and propagation.")
     # The thread policy (server.context.ThreadPolicy): training and interactive requests share the CPU.
     training_threads: int | None = Field(
-        None, ge=1, description="Torch threads of a training job when no request is computing (default: CPUs)."
+        None, ge=1, description="Torch threads of a training job when no request is computing (default: half the CPUs)."
     )
     training_threads_during_rounds: int = Field(
         1, ge=1, description="Torch threads of a training job while a round, an opening or an accept computes."
