@@ -118,3 +118,38 @@ def test_server_killed_while_answering_a_round_then_retried(tmp_path, postgres_u
         assert [r["id"] for r in listed] == stored
     finally:
         server.stop()
+
+
+def test_round_that_fails_after_its_files_were_written_leaves_nothing(
+    app, client, uploaded_image, annotator_headers, admin_headers, volume_and_label, monkeypatch
+):
+    """The session is taken over while the round computes (as another server process would):
+    the round fails at its final check, after its files were written, and leaves no round
+    row, no folder, no training job and no audit event."""
+    from server.services import sessions as session_service
+    from server.storage.models import AnnotationSession, Image
+
+    _, label = volume_and_label
+    session = open_session(client, uploaded_image, annotator_headers).json()
+    compute_round = session_service.pipeline.compute_round
+
+    def compute_then_lose_the_session(*args, **kwargs):
+        result = compute_round(*args, **kwargs)
+        with app.state.context.session_factory() as db:
+            db.get(AnnotationSession, session["id"]).state = "taken_over"
+            db.commit()
+        return result
+
+    monkeypatch.setattr(session_service.pipeline, "compute_round", compute_then_lose_the_session)
+    response = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 2),
+                           headers={**annotator_headers, "Idempotency-Key": "k"})
+    assert response.status_code == 409 and "taken over" in response.json()["detail"]
+
+    assert client.get(f"{API}/images/{uploaded_image['id']}/rounds", headers=annotator_headers).json() == []
+    context = app.state.context
+    with context.session_factory() as db:
+        image_dir = context.datastore.resolve(db.get(Image, uploaded_image["id"]).path).parent
+    assert not list((image_dir / "rounds").glob("*")), "the round's folder was left behind"
+    assert client.get(f"{API}/projects/{uploaded_image['project_id']}/jobs", headers=admin_headers).json() == []
+    events = client.get(f"{API}/images/{uploaded_image['id']}/audit", headers=admin_headers).json()
+    assert [e for e in events if e["action"] == "round"] == []
