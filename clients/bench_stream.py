@@ -184,6 +184,7 @@ class StreamOptions:
     job_timeout: float = 900.0
     time_limit_minutes: float = 600.0
     offline: bool = True
+    offline_max_minutes: float | None = None
     seed: int = 0
     progress: bool = True
     keep_server_dir: bool = False
@@ -495,12 +496,13 @@ def lineage_steps(versions: list[schemas.ModelVersionOut], version: int | None) 
 
 
 def train_offline(train: list[tuple[StreamImage, np.ndarray]], holdout: list[StreamImage], steps: int,
-                  learning: dict, num_classes: int, seed: int):
+                  learning: dict, num_classes: int, seed: int, max_minutes: float | None = None):
     """A fresh network trained with the ``full`` method on the accepted labels for ``steps`` steps
-    (fp32 and the online batch size, like the online jobs; validated once, at the end)."""
+    (fp32 and the online batch size, like the online jobs; validated once, at the end), or
+    fewer when ``max_minutes`` of training time run out first."""
     online = learning.get("online", {})
     settings = TrainSettings(
-        method="full", minutes=None, max_iterations=steps, size=int(online.get("size", 128)),
+        method="full", minutes=max_minutes, max_iterations=steps, size=int(online.get("size", 128)),
         batch_size=int(online.get("batch_size", 4)), channels=tuple(learning.get("channels") or ()) or None,
         precision="fp32", val_every=steps, seed=seed, num_classes=num_classes, progress_bar=False,
     )
@@ -705,7 +707,8 @@ def _run(url: str, token: str, stream: list[StreamImage],
                 train_set.append((by_name[volume["name"]], read_volume(target).array))
             if train_set:
                 result, offline_model = train_offline(train_set, holdout, extra["online_steps_serving_lineage"],
-                                                      learning, num_classes, options.seed)
+                                                      learning, num_classes, options.seed,
+                                                      options.offline_max_minutes)
                 offline_scores = holdout_dice(offline_model, holdout, size, num_classes)
                 extra["offline_holdout_dice"] = float(np.mean(list(offline_scores.values())))
                 extra["offline"] = {"iterations": result.iterations, "train_seconds": result.train_seconds,

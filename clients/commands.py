@@ -46,6 +46,9 @@ def register(subparsers, bench_subparsers) -> None:
                        help="no new image is started after this many minutes")
     bench.add_argument("--no-offline", dest="offline", action="store_false",
                        help="skip the offline model trained on the same labels")
+    bench.add_argument("--offline-max-minutes", type=float, default=None,
+                       help="stop the offline model's training after this many minutes even if it has "
+                            "not reached the online steps (the JSON records the iterations done)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     bench.add_argument("--keep-server-dir", action="store_true", help="keep the embedded server's data directory")
