@@ -16,6 +16,7 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from clients.client import ScribbleflowClient
+from server.storage.datastore import DataStore
 from tests.dashboard_stream import build_stream
 from tests.test_dashboard_browser import CHROMIUM, admin_token
 from tests.test_e2e_server import ServerProcess
@@ -35,7 +36,8 @@ def take_screenshot(target: Path, annotated: int = 3) -> None:
         server.start()
         try:
             with ScribbleflowClient(server.url, token, timeout=300) as client:
-                build_stream(client, folder / "stream", annotated=annotated, name="heart", job_timeout=1800)
+                build_stream(client, folder / "stream", DataStore(data_dir).models_dir, annotated=annotated,
+                             name="heart", job_timeout=1800)
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -94,7 +94,7 @@ def _metric(text: str, sample: str, /, **labels) -> float | None:
 @pytest.mark.slow
 def test_dashboard_and_metrics_follow_a_stream(app, client, admin_headers, tmp_path: Path):
     typed = ScribbleflowClient(token=admin_headers["Authorization"].split()[1], http=client)
-    stream = build_stream(typed, tmp_path / "stream")
+    stream = build_stream(typed, tmp_path / "stream", app.state.context.datastore.models_dir)
     board = client.get(f"{API}/projects/{stream.project_id}/dashboard", headers=admin_headers)
     assert board.status_code == 200, board.text
     data = board.json()
@@ -111,13 +111,11 @@ def test_dashboard_and_metrics_follow_a_stream(app, client, admin_headers, tmp_p
     assert data["job_states"] == dict(Counter(j.state for j in jobs))
     losses = {v.version: v.metrics.get("loss") for v in models.versions}
     for job in data["jobs"]:
-        assert job["state"] == "succeeded", job
+        assert job["state"] == "succeeded" and job["trigger"] == "accept", job
         assert job["loss"] == pytest.approx(losses[job["result_version"]])
         assert 0 < job["run_seconds"] <= job["annotation_to_model_seconds"]
-    [rejected_job] = [j for j in data["jobs"] if j["image_id"] == stream.rejected_image]
-    assert rejected_job["promoted"] is False
     statuses = {v["version"]: v["details"]["status"] for v in data["versions"]}
-    assert statuses[rejected_job["result_version"]] == "rejected"
+    assert [version for version, status in statuses.items() if status == "rejected"] == [stream.rejected_version]
 
     images = {i["image_id"]: i for i in data["images"]}
     assert data["images_total"] == 4 and data["images_accepted"] == len(stream.accepted_images) == 2
@@ -132,6 +130,7 @@ def test_dashboard_and_metrics_follow_a_stream(app, client, admin_headers, tmp_p
             assert label.status_code == 200 and label.content[:2] == b"\x1f\x8b"  # gzip (NIfTI)
         else:
             assert image["label_url"] is None
+    assert images[stream.in_progress_image]["status"] == "in_progress"
     assert images[stream.new_image]["status"] == "new" and images[stream.new_image]["rounds"] == 0
 
     compute = [r.compute_seconds for image_id in images for r in typed.image_rounds(image_id)]

@@ -1,10 +1,11 @@
 """The admin dashboard in a real browser: Debian's Chromium driven by Playwright against
 ``scribbleflow serve`` (uvicorn subprocess on loopback) after a small annotation stream.
 
-Checks: a wrong token shows an error; the right one (asked once, kept in sessionStorage)
-draws the charts from the stream's data (one point per model version in the Dice chart,
-read from the ECharts instance); the label download link works; the page asks nothing of
-any host but the server and logs no error (its Content-Security-Policy would). A screenshot
+Checks: a wrong token, or one without the admin role, shows an error; the right one
+(asked once, kept in sessionStorage) draws the charts from the stream's data (one point
+per model version in the Dice chart, read from the ECharts instance); a refresh is one
+request; the label download link works; the page asks nothing of any host but the server
+and logs no error (its Content-Security-Policy would). A screenshot
 is saved in the test's temporary folder (``dashboard.png``).
 
 Chromium comes from Debian (``tests/ensure_services.sh`` installs it); Playwright never
@@ -23,6 +24,7 @@ import pytest
 from clients.client import ScribbleflowClient
 from server.auth import create_token
 from server.settings import Settings
+from server.storage.datastore import DataStore
 from server.storage.db import create_schema, make_engine, make_session_factory
 from tests.dashboard_stream import build_stream
 from tests.test_e2e_server import ServerProcess
@@ -52,16 +54,20 @@ def sync_playwright():
     return sync_playwright
 
 
-def admin_token(data_dir: Path) -> str:
-    """An admin token written to the server's own database before it starts."""
+def make_token(data_dir: Path, role: str = "admin", owner: str = "alice") -> str:
+    """A token written to the server's own database (before it starts, or beside it)."""
     engine = make_engine(Settings(data_dir=data_dir, database_url=None).resolved_database_url)
     try:
         create_schema(engine)
         with make_session_factory(engine)() as db:
-            token, _ = create_token(db, "admin", "alice")
+            token, _ = create_token(db, role, owner)
     finally:
         engine.dispose()
     return token
+
+
+def admin_token(data_dir: Path) -> str:
+    return make_token(data_dir)
 
 
 @pytest.fixture
@@ -77,10 +83,11 @@ def server(tmp_path):
         SCRIBBLEFLOW_LOG_LEVEL="warning",
     )
     token = admin_token(data_dir)
+    annotator = make_token(data_dir, "annotator", "bob")
     process = ServerProcess(env, tmp_path / "server.log")
     process.start()
     try:
-        yield process, token
+        yield process, token, annotator, DataStore(data_dir)
     finally:
         process.stop()
 
@@ -105,15 +112,15 @@ SERIES_LENGTH = """([chartId, seriesId]) => {
 
 
 def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
-    process, token = server
+    process, token, annotator_token, datastore = server
     with ScribbleflowClient(process.url, token, timeout=300) as client:
-        stream = build_stream(client, tmp_path / "stream")
+        stream = build_stream(client, tmp_path / "stream", datastore.models_dir)
         models = client.list_models(stream.project_id)
         jobs = client.list_jobs(stream.project_id)
         label_bytes = client.download_label(stream.accepted_images[-1], tmp_path / "label.nii.gz").read_bytes()
     versions = [v.version for v in models.versions]
     rejected = [v.version for v in models.versions if v.details["status"] == "rejected"]
-    assert len(rejected) == 1 and models.serving_version not in rejected, models
+    assert rejected == [stream.rejected_version], models
 
     requests: list[str] = []
     problems: list[str] = []
@@ -136,7 +143,11 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
             assert page.is_visible("#login") and not page.is_visible("#dashboard")
             # The refused token is not kept; the browser logs the 401 answer itself.
             assert page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
-            assert all("401" in p for p in problems), problems
+            page.fill("#token", annotator_token)
+            page.click("#login button[type=submit]")
+            page.wait_for_selector("#error:has-text('403')")
+            assert "admin" in page.inner_text("#error") and page.is_visible("#login")
+            assert all("401" in p or "403" in p for p in problems), problems
             problems.clear()
 
             page.fill("#token", token)
@@ -162,6 +173,15 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
                 links.nth(len(stream.accepted_images) - 1).click()
             downloaded = Path(download_info.value.path()).read_bytes()
             assert gzip.decompress(downloaded) == gzip.decompress(label_bytes)
+
+            # One request per refresh: the dashboard's JSON, nothing else.
+            page.select_option("#interval", "0")
+            before = len(requests)
+            dashboard_url = f"{process.url}/api/v1/projects/{stream.project_id}/dashboard"
+            with page.expect_response(dashboard_url):
+                page.click("#refresh")
+            page.wait_for_timeout(300)
+            assert requests[before:] == [dashboard_url]
 
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
 
