@@ -12,8 +12,11 @@ Job life cycle::
 Coalescing: a job's ``coalesce_key`` is (project, image). Submitting a job while another
 job with the same key is still queued marks the queued one ``superseded`` (with the id of
 the job that replaced it) and puts the new one in its place in the queue, so an image's
-newest round is trained once instead of every round in turn. A running job is never
-superseded; the new job queues behind it.
+newest round is trained once instead of every round in turn. A running round job is not
+interrupted by a newer round (the new job queues behind it), but an accept job
+(``TrainJob.is_final``) stops a running round job of its image at the next step (state
+``cancelled``): the accepted label supersedes the round's proxy, and the new model should
+not wait for training that is thrown away (annotation-to-model latency).
 
 State changes (and progress, at most every ``progress_interval`` seconds) are reported
 to ``on_change(JobStatus)`` from a separate notifier thread, in the order they happened,
@@ -143,7 +146,9 @@ class EmbeddedExecutor:
         self._queue: deque[TrainJob] = deque()
         self._jobs: OrderedDict[str, JobStatus] = OrderedDict()
         self._running: str | None = None
+        self._running_job: TrainJob | None = None
         self._stop_requested: set[str] = set()
+        self._superseded_running: dict[str, str] = {}  # running round job -> the accept job stopping it
         self._closed = False
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._notifier = threading.Thread(target=self._notify_loop, name="scribbleflow-job-events", daemon=True)
@@ -177,6 +182,11 @@ class EmbeddedExecutor:
                 self._finish(old.job_id, JobState.SUPERSEDED, superseded_by=job.job_id)
             else:
                 self._queue.append(job)
+            running = self._running_job
+            if (job.is_final and running is not None and not running.is_final
+                    and running.coalesce_key == job.coalesce_key):
+                self._stop_requested.add(running.job_id)
+                self._superseded_running[running.job_id] = job.job_id
             self._emit(status)
             self._forget_old()
             self._lock.notify_all()
@@ -282,6 +292,7 @@ class EmbeddedExecutor:
             status = self._jobs[job.job_id]
             status.state, status.started_at = JobState.RUNNING, time.time()
             self._running = job.job_id
+            self._running_job = job
             self._emit(status)
             return job
 
@@ -317,12 +328,18 @@ class EmbeddedExecutor:
             final = {"state": JobState.SUCCEEDED, "result": result}
         except UpdateCancelled as stopped:
             final = {"state": JobState.CANCELLED, "error": str(stopped)}
+            with self._lock:
+                accept = self._superseded_running.get(job.job_id)
+            if accept is not None:
+                final.update(error=f"superseded by accept job {accept} ({stopped})", superseded_by=accept)
         except Exception as error:  # a failed job must not end the worker
             log.exception("training job %s failed", job.job_id)
             final = {"state": JobState.FAILED, "error": f"{type(error).__name__}: {error}"}
         with self._lock:
             self._running = None
+            self._running_job = None
             self._stop_requested.discard(job.job_id)
+            self._superseded_running.pop(job.job_id, None)
             state = final.pop("state")
             self._finish(job.job_id, state, **final)
             self._forget_old()

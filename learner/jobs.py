@@ -92,6 +92,11 @@ class TrainJob:
         OnlineSettings.from_dict(self.settings)  # fail at submission, not in the worker
 
     @property
+    def is_final(self) -> bool:
+        """An accept job: its label supersedes every round of the image."""
+        return self.accepted_label_path is not None
+
+    @property
     def coalesce_key(self) -> tuple[str, str]:
         """Jobs with the same key train on the same image: a newer one supersedes a queued one."""
         return (self.project_id, self.image_id)
@@ -217,7 +222,10 @@ def run_train_job(
 
     example = load_example(job)
     validation = load_validation_cases(job.validation)
-    prepared = prepare_image(example, reference_model, settings, images_seen=job.images_seen, device=device)
+    # The reference's validation Dice (when measured) tells how far its prediction can be trusted.
+    reference_dice = registry.record(reference).metrics.get("val_dice")
+    prepared = prepare_image(example, reference_model, settings, images_seen=job.images_seen,
+                             validation_dice=reference_dice, device=device)
     update = train_online(
         model,
         prepared,
@@ -249,6 +257,7 @@ def run_train_job(
             "steps": update.steps,
             "seconds": update.seconds,
             "replay_slices": update.replay_slices_used,
+            "reference_reliability": prepared.reliability,
         },
         metadata={"size": settings.size, "method": "online"},
     )

@@ -10,7 +10,8 @@ Methods (AttenScribble and ScribSD+ facts in ../shared/SPEC.md):
                + contrastive * class-wise contrastive) (ScribSD+); ramp(t) = exp(-5 (1 - t)^2)
                over the first ``rampup_fraction`` of training, 1 afterwards.
     full       CE + Dice on dense labels (the fully supervised upper bound).
-    online     confidence-weighted soft-target CE on proxy targets + pCE on the user's own
+    online     confidence-weighted soft-target CE on proxy targets + dice * weighted soft
+               Dice over the foreground classes (class balancing) + pCE on the user's own
                voxels + crf * CRF (used by learner/online.py).
 
 Batch keys (all on the model's device): image (B, 1, H, W) float in [0, 1]; scribble (B, H, W)
@@ -33,6 +34,7 @@ from learner.losses import (
     MaskedGatedCRFLoss,
     MultiScaleDistillationLoss,
     PartialCrossEntropyLoss,
+    SoftDiceLoss,
     SoftTargetCrossEntropyLoss,
 )
 from learner.networks import NetworkConfig, SegmentationOutput
@@ -105,6 +107,7 @@ class Objective:
         self.distillation = MultiScaleDistillationLoss()
         self.contrastive = ClassContrastiveLoss()
         self.soft_ce = SoftTargetCrossEntropyLoss()
+        self.soft_dice = SoftDiceLoss()
 
     @property
     def uses_teacher(self) -> bool:
@@ -156,6 +159,9 @@ class Objective:
         elif self.method == "online":
             parts["soft_ce"] = self.soft_ce(logits, batch["target"], batch.get("weight"))
             total = parts["soft_ce"]
+            if w.dice > 0:
+                parts["dice"] = self.soft_dice(logits, batch["target"], batch.get("weight"))
+                total = total + w.dice * parts["dice"]
             if batch.get("scribble") is not None:
                 parts["pce"] = self.pce(logits, batch["scribble"])
                 total = total + parts["pce"]
@@ -182,7 +188,8 @@ class Objective:
         return parts
 
     def to(self, device: torch.device | str) -> Objective:
-        for module in (self.pce, self.crf, self.attentive, self.distillation, self.contrastive, self.soft_ce):
+        for module in (self.pce, self.crf, self.attentive, self.distillation, self.contrastive, self.soft_ce,
+                       self.soft_dice):
             module.to(device)
         return self
 

@@ -1,27 +1,38 @@
-"""One online update: fine-tune a model on one image's proxy mask, with label smoothing,
-hard user labels, residual-weighted slice sampling and replay of earlier images.
+"""One online update: fine-tune a model on one image's proxy mask or accepted label, with
+trust-weighted targets, hard user labels, class balancing, residual-weighted slice sampling
+and replay of earlier images.
 
 The method (see SPEC.md, "dynamic interactive learning on streaming tasks"):
 
-* **Target fusion / label smoothing.** ``target = (1 − w)·P_prev + w·Y_proxy`` where
-  ``P_prev`` is the prediction of the *reference* model (the version frozen when work on
-  this image started), ``Y_proxy`` the registration proxy (probabilities, or one-hot of
-  its labels) and ``w`` either the proxy's confidence map (``confidence_mode="map"``) or
-  the schedule ``σ(4(n/N − 0.5))`` over the number ``n`` of images seen so far
-  (``confidence_mode="schedule"``, N = ``schedule_images``).
+* **Targets only as far as they are trusted.** ``target = (1 − a)·Y_proxy + a·P_prev`` with
+  ``a = r·(1 − w)``, where ``Y_proxy`` is the registration proxy (probabilities, or one-hot
+  of its labels), ``w`` its confidence map (``confidence_mode="map"``) or the schedule
+  ``σ(4(n/N − 0.5))`` over the ``n`` images seen so far (``"schedule"``, N =
+  ``schedule_images``), ``P_prev`` the prediction of the *reference* model (the version
+  frozen when work on this image started) and ``r`` that model's reliability on this image
+  (``registration.fusion.model_reliability``: agreement with the user's drawn voxels and its
+  validation Dice; 0 for an untrained model). The per-voxel loss weight is the trust
+  ``w + (1 − w)·r``: an untrained model (r = 0) adds nothing, the proxy counts as far as
+  its confidence, and a reliable model (r = 1) fills in far from the annotations as in
+  the original label smoothing ``(1 − w)·P_prev + w·Y_proxy``. Voxels whose target is
+  ambiguous (largest class probability below ``ambiguous_below``: proxy and model pull
+  different ways) get weight 0.
 * **User-drawn voxels are hard labels**: target one-hot, ``w = 1``, and the objective's
   partial cross-entropy sees them as scribbles. An accepted (final) label is hard
   everywhere.
 * **Residual.** ``R = ½·Σ_c |target_c − P_prev,c|`` in [0, 1] (how far the update moves the
   prediction). It weights the loss, ``(1 + α·R)/(1 + α)`` with α =
   ``residual_loss_weight``, and, with the foreground fraction, the choice of slices.
+* **Class balancing.** The ``online`` objective adds a weighted soft Dice over the
+  foreground classes (``dice_weight``) to the weighted soft-target cross-entropy.
 * **Replay.** Each batch mixes ``replay_per_batch`` slices of earlier images (from a
-  ``ReplayBuffer``) with slices of this image; afterwards this image's most useful
-  slices join the buffer.
+  ``ReplayBuffer``, which keeps up to ``replay_slices_per_image`` slices of each of up to
+  ``replay_capacity`` images) with slices of this image; afterwards this image's slices
+  join the buffer (an accepted label replaces the image's earlier proxy entry).
 * **Loss and steps.** The ``online`` objective of ``learner.objective`` (weighted soft-target
-  cross-entropy + partial cross-entropy on user voxels + ``crf_weight``·masked CRF), one
-  ``learner.train.training_step`` (AdamW) per step, a fixed number of steps (default
-  ``DEFAULT_ONLINE_STEPS``).
+  cross-entropy + ``dice_weight``·soft Dice + partial cross-entropy on user voxels +
+  ``crf_weight``·masked CRF), one ``learner.train.training_step`` (AdamW) per step, a fixed
+  number of steps per job (default ``DEFAULT_ONLINE_STEPS``).
 
 The network is 2D: volumes are handled as stacks of z-slices, each normalised and
 resized exactly as ``learner.inference.predict_volume`` does (``learner.preprocess``).
@@ -32,13 +43,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
 
+from learner.data import augment_batch
 from learner.preprocess import normalize_intensity, resize_images, resize_labels
 from learner.replay import REPLAY_POLICIES, ReplayBuffer, SoftSlices
+from registration.fusion import model_reliability
 from registration.volume import UNLABELLED
 
 #: Optimiser steps per online job unless a job says otherwise (SPEC: ~150 per image).
@@ -81,7 +94,7 @@ class OnlineSettings:
 
     size: int = 128  # slices resized to size x size for training, inference and the gate (multiple of 16)
     batch_size: int = 4  # slices per optimiser step, replay included
-    replay_per_batch: int = 1  # of those, slices from earlier images when the buffer has any
+    replay_per_batch: int = 2  # of those, slices from earlier images (at most batch_size − 1) when the buffer has any
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     confidence_mode: str = "map"  # "map": the proxy's confidence map; "schedule": σ(4(n/N − 0.5))
@@ -89,10 +102,13 @@ class OnlineSettings:
     residual_loss_weight: float = 1.0  # α in (1 + α·R)/(1 + α)
     sampling_floor: float = 0.05  # slice sampling weight every slice gets before residual/foreground
     augment: bool = True  # random intensity scale/shift of training slices
+    spatial_augment: bool = True  # random rot90, flip and ±15° rotation per slice (learner.data.augment_batch)
     crf_weight: float | None = None  # weight of the objective's CRF term; None: the objective's default
-    replay_capacity: int = 3  # images kept in the replay buffer (0: no replay)
+    dice_weight: float = 1.0  # weight of the soft Dice term (class balancing); 0: none
+    ambiguous_below: float = 0.5  # voxels whose target's largest probability is below this get weight 0
+    replay_capacity: int = 100  # images kept in the replay buffer (0: no replay)
     replay_policy: str = "fifo"  # "fifo" or "reservoir" (see learner.replay)
-    replay_slices_per_image: int = 8  # slices of each image stored for replay
+    replay_slices_per_image: int = 32  # slices of each image stored for replay (every slice of most volumes)
     promotion_tolerance: float = 0.02  # allowed drop of mean validation Dice at the promotion gate
     seed: int = 0
 
@@ -101,10 +117,8 @@ class OnlineSettings:
             raise ValueError(f"size must be a positive multiple of 16, got {self.size}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not 0 <= self.replay_per_batch < self.batch_size:
-            raise ValueError(
-                f"replay_per_batch must be in [0, batch_size) = [0, {self.batch_size}), got {self.replay_per_batch}"
-            )
+        if self.replay_per_batch < 0:
+            raise ValueError(f"replay_per_batch must not be negative, got {self.replay_per_batch}")
         if self.confidence_mode not in CONFIDENCE_MODES:
             raise ValueError(f"confidence_mode must be one of {CONFIDENCE_MODES}, got {self.confidence_mode!r}")
         if self.replay_policy not in REPLAY_POLICIES:
@@ -113,7 +127,9 @@ class OnlineSettings:
             raise ValueError(f"schedule_images must be at least 1, got {self.schedule_images}")
         if self.crf_weight is not None and self.crf_weight < 0:
             raise ValueError(f"crf_weight must not be negative, got {self.crf_weight}")
-        for name in ("learning_rate", "weight_decay", "residual_loss_weight",
+        if not 0 <= self.ambiguous_below <= 1:
+            raise ValueError(f"ambiguous_below must lie in [0, 1], got {self.ambiguous_below}")
+        for name in ("learning_rate", "weight_decay", "residual_loss_weight", "dice_weight",
                      "sampling_floor", "promotion_tolerance", "replay_capacity", "replay_slices_per_image"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -176,6 +192,23 @@ def apply_user_labels(
     target = np.where(drawn[None], one_hot(np.where(drawn, user_labels, 0), num_classes), target)
     weight = np.where(drawn, 1.0, weight)
     return target.astype(np.float32), weight.astype(np.float32)
+
+
+def trusted_target(
+    previous: np.ndarray, proxy: np.ndarray, confidence: np.ndarray, reliability: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(target, trust): ``target = (1 − a)·proxy + a·previous`` with ``a = r·(1 − w)`` and
+    ``trust = w + (1 − w)·r`` (see the module docstring).
+
+    previous, proxy: (C, ...) probabilities; confidence w: (...) in [0, 1] (or a scalar);
+    reliability r of the previous model in [0, 1]. Returns float32 (C, ...) and (...).
+    With r = 1 the target is ``label_smoothing_target(previous, proxy, w)`` and the trust 1.
+    """
+    r = float(np.clip(reliability, 0.0, 1.0))
+    w = np.clip(np.asarray(confidence, dtype=np.float32), 0.0, 1.0)
+    target = label_smoothing_target(previous, proxy, 1.0 - r * (1.0 - w))
+    trust = np.broadcast_to(w + (1.0 - w) * r, target.shape[1:])
+    return target, trust.astype(np.float32)
 
 
 def residual(target: np.ndarray, previous: np.ndarray) -> np.ndarray:
@@ -274,6 +307,8 @@ class PreparedImage:
     scribble: np.ndarray
     residual: np.ndarray
     slice_probabilities: np.ndarray
+    trust: np.ndarray | None = None  # float32 (Z, S, S): the weights without the residual factor (for replay)
+    reliability: float = 0.0  # of the reference model on this image (registration.fusion.model_reliability)
 
     def soft_slices(self, indices: np.ndarray) -> SoftSlices:
         return SoftSlices(self.images[indices], self.targets[indices], self.weights[indices])
@@ -306,11 +341,14 @@ def prepare_image(
     settings: OnlineSettings,
     *,
     images_seen: int = 0,
+    validation_dice: float | None = None,
     device: torch.device | None = None,
 ) -> PreparedImage:
-    """Fused targets, weights and sampling probabilities of ``example`` at training size.
+    """Trusted targets, loss weights and sampling probabilities of ``example`` at training size.
 
-    ``reference_model`` gives P_prev (it is only evaluated, never changed).
+    ``reference_model`` gives P_prev (it is only evaluated, never changed); its reliability
+    comes from its agreement with the user's voxels and ``validation_dice`` (its mean Dice
+    on the project's validation images, when measured).
     """
     device = device or torch.device("cpu")
     size = settings.size
@@ -324,22 +362,24 @@ def prepare_image(
     y_s = _resize_volume(y, size)
     y_s /= np.maximum(y_s.sum(axis=1, keepdims=True), 1e-8)
     w_s = np.clip(_resize_volume(w[None], size)[:, 0], 0.0, 1.0)
-    # target is (Z, C, S, S): move C to the front for the (C, ...) target functions and back.
-    target = np.moveaxis(label_smoothing_target(np.moveaxis(previous, 1, 0), np.moveaxis(y_s, 1, 0), w_s), 0, 1)
-
     if example.user_labels is not None:
         scribble = resize_labels(torch.from_numpy(example.user_labels.astype(np.uint8)), size, size).numpy()
-        hard_t, _ = apply_user_labels(np.moveaxis(target, 1, 0), w_s, scribble, c)
-        target = np.moveaxis(hard_t, 0, 1)
     else:
         scribble = np.full(images.shape, UNLABELLED, np.uint8)
+    # The (C, ...) target functions take classes first; slices here are (Z, C, S, S).
+    previous_c = np.moveaxis(previous, 1, 0)
+    reliability = model_reliability(previous_c, scribble, validation_dice)
+    target_c, trust = trusted_target(previous_c, np.moveaxis(y_s, 1, 0), w_s, reliability)
+    target_c, trust = apply_user_labels(target_c, trust, scribble, c)
+    trust = np.where(target_c.max(axis=0) < settings.ambiguous_below, 0.0, trust)
+    target = np.moveaxis(target_c, 0, 1)
 
-    r = residual(np.moveaxis(target, 1, 0), np.moveaxis(previous, 1, 0))
+    r = residual(target_c, previous_c)
     alpha = settings.residual_loss_weight
-    weights = ((1.0 + alpha * r) / (1.0 + alpha)).astype(np.float32)
+    weights = (trust * (1.0 + alpha * r) / (1.0 + alpha)).astype(np.float32)
 
     foreground = 1.0 - target[:, 0]
-    score = settings.sampling_floor + r.mean(axis=(1, 2)) + foreground.mean(axis=(1, 2))
+    score = settings.sampling_floor + (trust * r).mean(axis=(1, 2)) + foreground.mean(axis=(1, 2))
     score = np.maximum(score.astype(np.float64), 1e-12)
     return PreparedImage(
         images=np.ascontiguousarray(images, np.float32),
@@ -348,16 +388,23 @@ def prepare_image(
         scribble=scribble,
         residual=r,
         slice_probabilities=score / score.sum(),
+        trust=trust.astype(np.float32),
+        reliability=reliability,
     )
 
 
 def replay_slices(prepared: PreparedImage, count: int, seed: int = 0) -> SoftSlices:
-    """Up to ``count`` distinct slices, drawn by ``slice_probabilities``, to store for replay."""
+    """Up to ``count`` distinct slices, drawn by ``slice_probabilities``, to store for replay.
+
+    Their weights are the targets' trust without the residual factor: the residual is
+    measured against the reference model of this job and means nothing to later ones.
+    """
     n = prepared.images.shape[0]
     count = min(count, int(np.count_nonzero(prepared.slice_probabilities)), n)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(n, size=count, replace=False, p=prepared.slice_probabilities))
-    return prepared.soft_slices(chosen)
+    weights = prepared.trust if prepared.trust is not None else prepared.weights
+    return SoftSlices(prepared.images[chosen], prepared.targets[chosen], weights[chosen])
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,12 +442,16 @@ def _make_batch(
         scale = rng.uniform(0.9, 1.1, size=(image.shape[0], 1, 1))
         shift = rng.uniform(-0.05, 0.05, size=(image.shape[0], 1, 1))
         image = (image * scale + shift).astype(np.float32)
-    return {
-        "image": torch.from_numpy(image)[:, None].to(device),
-        "target": torch.from_numpy(np.concatenate(targets)).to(device),
-        "weight": torch.from_numpy(np.concatenate(weights)).to(device),
-        "scribble": torch.from_numpy(np.concatenate(scribbles).astype(np.int64)).to(device),
+    batch = {
+        "image": torch.from_numpy(image)[:, None],
+        "target": torch.from_numpy(np.concatenate(targets)),
+        "weight": torch.from_numpy(np.concatenate(weights)),
+        "scribble": torch.from_numpy(np.concatenate(scribbles).astype(np.int64)),
     }
+    if settings.spatial_augment:
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        batch = augment_batch(batch, generator)
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 def train_online(
@@ -418,9 +469,9 @@ def train_online(
 ) -> UpdateResult:
     """``steps`` optimiser steps on ``model`` (changed in place, left in eval mode).
 
-    Each batch: ``batch_size − replay_per_batch`` slices of ``prepared`` drawn by their
-    sampling probabilities plus ``replay_per_batch`` slices of other images from
-    ``replay`` (all from ``prepared`` while the buffer holds no other image).
+    Each batch: ``batch_size − k`` slices of ``prepared`` drawn by their sampling
+    probabilities plus ``k = min(replay_per_batch, batch_size − 1)`` slices of other images
+    from ``replay`` (all from ``prepared`` while the buffer holds no other image).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -429,14 +480,15 @@ def train_online(
 
     device = device or torch.device("cpu")
     model.to(device)
-    weights = None
+    weights = ObjectiveWeights(dice=settings.dice_weight)
     if settings.crf_weight is not None:
-        weights = ObjectiveWeights(crf=settings.crf_weight)
+        weights = replace(weights, crf=settings.crf_weight)
     objective = build_objective("online", num_classes, weights).to(device)
     objective.bind(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     rng = np.random.default_rng([settings.seed, steps, prepared.images.shape[0]])
     exclude = [image_id] if image_id is not None else []
+    replay_slots = min(settings.replay_per_batch, settings.batch_size - 1)  # always some of this image
     z = prepared.images.shape[0]
     losses: list[float] = []
     replay_used = 0
@@ -446,8 +498,8 @@ def train_online(
             if should_stop is not None and should_stop():
                 raise UpdateCancelled(f"stopped after {step} of {steps} steps")
             replayed = None
-            if replay is not None and settings.replay_per_batch > 0:
-                replayed = replay.sample(settings.replay_per_batch, rng, exclude=exclude)
+            if replay is not None and replay_slots > 0:
+                replayed = replay.sample(replay_slots, rng, exclude=exclude)
                 if replayed is not None and replayed.images.shape[1:] != prepared.images.shape[1:]:
                     from learner.replay import resize_soft_slices
 

@@ -18,8 +18,11 @@ reason for it:
 
 The promotion gate (:meth:`ModelRegistry.promote_or_reject`): on the project's
 validation images (accepted labels held out from training) the candidate's mean Dice
-(over images, of the mean over classes 1..C-1) must be at least the serving version's
-minus ``tolerance``. With no validation images yet there is nothing to measure against,
+(over images, of the mean over classes 1..C-1) must be at least the best Dice of any
+version served on exactly these images (the serving one, or a retired one measured on
+them) minus ``tolerance``. Comparing with the best rather than the serving version keeps
+a run of promotions that each lose a little from adding up to more than ``tolerance``.
+With no validation images yet there is nothing to measure against,
 and the candidate is promoted: early in a stream learning must not stall waiting for
 validation data; the decision's reason says so.
 
@@ -94,6 +97,8 @@ class GateDecision:
     serving_dice: float | None
     tolerance: float
     validation_cases: int
+    best_dice: float | None = None  # the best served version's Dice on these images (>= serving_dice)
+    best_version: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -432,6 +437,17 @@ class ModelRegistry:
             self._update(version, metrics={"val_dice": dice, "val_key": key, "val_cases": len(cases)})
         return dice
 
+    def _best_served(self, key: str, serving: int, serving_dice: float) -> tuple[int, float]:
+        """(version, Dice) of the best version served so far whose Dice was measured on the
+        validation set ``key``; the serving version unless a retired one scored higher."""
+        best = (serving, serving_dice)
+        for record in self.versions():
+            dice = record.metrics.get("val_dice")
+            if record.status == "retired" and record.metrics.get("val_key") == key and dice is not None:
+                if float(dice) > best[1]:
+                    best = (record.version, float(dice))
+        return best
+
     def promote_or_reject(
         self,
         candidate: int,
@@ -454,7 +470,7 @@ class ModelRegistry:
         key = validation_key(validation_cases, size) if validation_cases else None
         for _attempt in range(3):  # the serving version may change while we measure
             serving = self.serving_version()
-            candidate_dice = serving_dice = None
+            candidate_dice = serving_dice = best_dice = best_version = None
             if serving is None:
                 promoted, reason = True, "no serving version yet"
             elif not validation_cases:
@@ -462,11 +478,13 @@ class ModelRegistry:
             else:
                 serving_dice = self._validation_dice(serving, validation_cases, key, size, device)
                 candidate_dice = self._validation_dice(candidate, validation_cases, key, size, device)
-                promoted = candidate_dice >= serving_dice - tolerance
+                best_version, best_dice = self._best_served(key, serving, serving_dice)
+                promoted = candidate_dice >= best_dice - tolerance
                 relation = ">=" if promoted else "<"
+                which = "serving" if best_version == serving else "best served"
                 reason = (
-                    f"validation Dice {candidate_dice:.4f} {relation} {serving_dice:.4f} "
-                    f"(version {serving}) - tolerance {tolerance:g} on {len(validation_cases)} image(s)"
+                    f"validation Dice {candidate_dice:.4f} {relation} {best_dice:.4f} "
+                    f"(version {best_version}, {which}) - tolerance {tolerance:g} on {len(validation_cases)} image(s)"
                 )
             with self._locked():
                 if serving != next((r.version for r in self._read() if r.status == "serving"), None):
@@ -481,6 +499,8 @@ class ModelRegistry:
                 serving_dice=serving_dice,
                 tolerance=float(tolerance),
                 validation_cases=len(validation_cases),
+                best_dice=best_dice,
+                best_version=best_version,
             )
         raise RegistryError(f"the serving version kept changing while gating version {candidate}")
 

@@ -113,7 +113,7 @@ class ReplayBuffer:
     ``capacity`` 0 disables replay: nothing is stored and ``sample`` returns None.
     """
 
-    def __init__(self, root: str | os.PathLike, capacity: int = 3, policy: str = "fifo", seed: int = 0):
+    def __init__(self, root: str | os.PathLike, capacity: int = 100, policy: str = "fifo", seed: int = 0):
         if capacity < 0:
             raise ValueError(f"replay capacity must be 0 (no replay) or more images, got {capacity}")
         if policy not in REPLAY_POLICIES:
@@ -179,17 +179,15 @@ class ReplayBuffer:
     def get(self, image_id: str) -> SoftSlices | None:
         with self._lock:
             entry = next((e for e in self._entries if e.image_id == image_id), None)
-            return None if entry is None else self._load(entry)
+            return None if entry is None else _as_float32(self._load(entry))
 
     def _load(self, entry: ReplayEntry) -> SoftSlices:
+        """The entry's slices as stored: targets and weights stay float16 in the cache (a buffer
+        of hundreds of images fits in memory); ``_as_float32`` converts what is handed out."""
         cached = self._cache.get(entry.file)
         if cached is None:
             with np.load(self.root / entry.file) as data:
-                cached = SoftSlices(
-                    data["images"].astype(np.float32),
-                    data["targets"].astype(np.float32),
-                    data["weights"].astype(np.float32),
-                )
+                cached = SoftSlices(data["images"].astype(np.float32), data["targets"], data["weights"])
             self._cache[entry.file] = cached
         return cached
 
@@ -282,7 +280,12 @@ class ReplayBuffer:
             # Entries written at another training size: bring them to the first one's.
             target_hw = parts[0].images.shape[1:]
             parts = [resize_soft_slices(p, target_hw) for p in parts]
-        return SoftSlices.concatenate(parts)
+        return _as_float32(SoftSlices.concatenate(parts))
+
+
+def _as_float32(slices: SoftSlices) -> SoftSlices:
+    return SoftSlices(slices.images.astype(np.float32, copy=False), slices.targets.astype(np.float32, copy=False),
+                      slices.weights.astype(np.float32, copy=False))
 
 
 def resize_soft_slices(slices: SoftSlices, size_hw: tuple[int, int]) -> SoftSlices:

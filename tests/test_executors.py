@@ -72,6 +72,25 @@ def test_a_newer_round_supersedes_the_queued_job_of_the_same_image():
     assert [state for job_id, state in events if job_id == third][-1] == "succeeded"
 
 
+def test_an_accept_job_stops_the_running_round_job_of_its_image_only():
+    runner = GatedRunner()
+    executor = EmbeddedExecutor(runner)
+    try:
+        round_a = executor.submit(job("a", "1"))
+        assert runner.started.wait(WAIT)
+        accept_b = executor.submit(job("b", "accept-b", accepted_label_path="b.npy"))
+        assert executor.status(round_a).state == JobState.RUNNING  # another image's accept waits
+        accept_a = executor.submit(job("a", "accept-a", accepted_label_path="a.npy"))
+        stopped = executor.wait(round_a, WAIT)
+        assert stopped.state == JobState.CANCELLED and stopped.superseded_by == accept_a
+        assert "superseded by accept job" in stopped.error
+        runner.gate.set()
+        for job_id in (accept_b, accept_a):
+            assert executor.wait(job_id, WAIT).state == JobState.SUCCEEDED
+    finally:
+        executor.shutdown(wait=True, timeout=WAIT)
+
+
 def test_a_failing_job_is_captured_and_the_worker_carries_on(tmp_path):
     registry_root = tmp_path / "registry"
     new_registry(registry_root)

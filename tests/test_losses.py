@@ -15,6 +15,7 @@ from learner.losses import (
     MaskedGatedCRFLoss,
     MultiScaleDistillationLoss,
     PartialCrossEntropyLoss,
+    SoftDiceLoss,
     SoftTargetCrossEntropyLoss,
 )
 from learner.losses.crf import crf_kernel_mass
@@ -478,3 +479,36 @@ def test_soft_ce_weighted_hand_computed_and_zero_weight():
     assert _all_finite_grads(logits)
     zero = SoftTargetCrossEntropyLoss()(logits, target, torch.zeros(1, 1, 2))
     assert zero.item() == 0.0
+
+
+# ----------------------------------------------------------------------------- soft Dice
+
+
+def test_soft_dice_hand_computed_with_weights_and_classes_left_out():
+    # Two pixels, 3 classes, weights (1, 1/2); sums over the batch. Pixel 0: p = (1/4, 3/4, 0), class 1;
+    # pixel 1: p = (1/2, 0, 1/2), class 2.
+    logits = torch.log(torch.tensor([[[[0.25, 0.5]], [[0.75, 0.0 + 1e-12]], [[1e-12, 0.5]]]])).requires_grad_()
+    target = torch.tensor([[[[0.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]]]])
+    weight = torch.tensor([[[1.0, 0.5]]])
+    loss = SoftDiceLoss(eps=0.0, min_mass=0.1)(logits, target, weight)
+    dice_1 = 2 * 0.75 / (0.75 + 1.0)  # class 1: only pixel 0 (weight 1)
+    dice_2 = 2 * (0.5 * 0.5) / (0.5 * 0.5 + 0.5)  # class 2: only pixel 1 (weight 1/2)
+    assert loss.item() == pytest.approx(1 - (dice_1 + dice_2) / 2, rel=1e-5)
+    loss.backward()
+    assert _all_finite_grads(logits)
+    # A class with no target mass in the batch is left out instead of counting as Dice 0.
+    no_class_2 = torch.tensor([[[[0.0, 1.0]], [[1.0, 0.0]], [[0.0, 0.0]]]])
+    only_1 = SoftDiceLoss(eps=0.0, min_mass=0.1)(logits.detach(), no_class_2, None)
+    assert only_1.item() == pytest.approx(1 - 2 * 0.75 / (0.75 + 1.0), rel=1e-5)
+
+
+def test_soft_dice_is_zero_for_a_perfect_answer_and_without_any_foreground():
+    labels = torch.tensor([[[0, 1, 2, 2]]])
+    perfect = 50.0 * F.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    target = F.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    assert SoftDiceLoss()(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    background_only = F.one_hot(torch.zeros_like(labels), 3).permute(0, 3, 1, 2).float()
+    logits = torch.randn(1, 3, 1, 4, requires_grad=True)
+    empty = SoftDiceLoss()(logits, background_only)
+    assert empty.item() == 0.0
+    empty.backward()  # still part of the graph

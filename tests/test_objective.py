@@ -53,7 +53,7 @@ def test_method_parts():
         "attention": {"pce", "crf", "attentive"},
         "distill": {"pce", "crf", "distill", "contrastive"},
         "full": {"ce", "dice"},
-        "online": {"soft_ce", "pce", "crf"},
+        "online": {"soft_ce", "dice", "pce", "crf"},
     }
     batch = _batch()
     for method, parts in expected.items():

@@ -29,9 +29,13 @@ from learner.online import (
     replay_slices,
     schedule_weight,
     train_online,
+    trusted_target,
 )
+from learner.objective import build_objective
+from learner.preprocess import normalize_intensity, resize_images, resize_labels
 from learner.registry import ModelRegistry
 from learner.replay import ReplayBuffer, SoftSlices
+from learner.train import training_step
 from registration.volume import UNLABELLED
 
 TINY_CHANNELS = (4, 8, 16, 32, 64)
@@ -71,6 +75,21 @@ def write_project_files(folder: Path, seed: int, name: str) -> dict[str, str]:
     np.save(folder / f"{name}-image.npy", image)
     np.save(folder / f"{name}-label.npy", label)
     return {"image_path": str(folder / f"{name}-image.npy"), "label_path": str(folder / f"{name}-label.npy")}
+
+
+def supervised_model(image: np.ndarray, label: np.ndarray, steps: int = 40, size: int = 32) -> torch.nn.Module:
+    """A tiny network trained with dense labels (CE + Dice) on one volume (deterministic)."""
+    torch.manual_seed(0)
+    model = build_network(tiny_config(int(label.max()) + 1))
+    batch = {
+        "image": resize_images(torch.from_numpy(normalize_intensity(image))[:, None], size, size),
+        "label": resize_labels(torch.from_numpy(label.astype(np.int64)), size, size),
+    }
+    objective = build_objective("full", int(label.max()) + 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        training_step(model, objective, batch, optimizer)
+    return model.eval()
 
 
 def new_registry(root: Path, num_classes: int = 2, seed: int = 0) -> ModelRegistry:
@@ -123,7 +142,26 @@ def test_user_voxels_are_hard_labels_with_full_weight():
         apply_user_labels(y, w, np.where(drawn, 7, UNLABELLED).astype(np.uint8), num_classes)
 
 
-def test_prepared_targets_keep_scribbles_hard_and_smooth_elsewhere():
+def test_trusted_target_follows_the_proxy_unless_the_model_is_reliable():
+    previous = np.array([[0.8, 0.5, 0.1], [0.2, 0.5, 0.9]], np.float32)  # (C=2, 3 voxels)
+    proxy = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]], np.float32)
+    confidence = np.array([0.25, 1.0, 0.0], np.float32)
+    # An unreliable model (r = 0) adds nothing: the proxy, trusted as far as its confidence.
+    target, trust = trusted_target(previous, proxy, confidence, 0.0)
+    np.testing.assert_allclose(target, proxy)
+    np.testing.assert_allclose(trust, confidence)
+    # A fully reliable one gives the original label smoothing, trusted everywhere.
+    target, trust = trusted_target(previous, proxy, confidence, 1.0)
+    np.testing.assert_allclose(target, label_smoothing_target(previous, proxy, confidence), atol=1e-6)
+    np.testing.assert_allclose(trust, 1.0)
+    # In between: a = r (1 - w) of the model; trust w + (1 - w) r.
+    target, trust = trusted_target(previous, proxy, confidence, 0.4)
+    a = 0.4 * (1 - confidence)
+    np.testing.assert_allclose(target, (1 - a) * proxy + a * previous, atol=1e-6)
+    np.testing.assert_allclose(trust, confidence + (1 - confidence) * 0.4, atol=1e-6)
+
+
+def test_prepared_targets_of_an_untrained_model_are_the_proxy_weighted_by_confidence():
     torch.manual_seed(0)
     model = build_network(tiny_config(2)).eval()
     image, label = disc_volume(3, shape=(3, 32, 32))
@@ -136,30 +174,40 @@ def test_prepared_targets_keep_scribbles_hard_and_smooth_elsewhere():
     example = OnlineExample(image, 2, proxy_labels=label, confidence=confidence, user_labels=user)
     prepared = prepare_image(example, model, OnlineSettings(size=32, residual_loss_weight=0.0))
 
+    assert prepared.reliability == 0.0  # a random network does not agree with the drawn voxels
     drawn = prepared.scribble != UNLABELLED
     assert drawn.sum() == user.__ne__(UNLABELLED).sum()  # same size: nothing resized away
     hard = np.take_along_axis(prepared.targets, prepared.scribble[:, None].astype(np.int64) % 2, axis=1)[:, 0]
     np.testing.assert_allclose(hard[drawn], 1.0)
-
-    previous = predict_slices(model, prepared.images, torch.device("cpu"))
-    expected_slice0 = 0.5 * previous[0] + 0.5 * np.eye(2, dtype=np.float32)[label[0].astype(int)].transpose(2, 0, 1)
-    np.testing.assert_allclose(prepared.targets[0], expected_slice0, atol=1e-5)
-    np.testing.assert_allclose(prepared.weights, 1.0)  # α = 0: uniform loss weights
+    # Nothing of the random prediction leaks into the targets; the loss weight is the confidence.
+    np.testing.assert_allclose(prepared.targets, np.eye(2, dtype=np.float32)[label].transpose(0, 3, 1, 2), atol=1e-6)
+    np.testing.assert_allclose(prepared.weights, confidence, atol=1e-6)  # α = 0: no residual factor
 
 
-def test_zero_confidence_targets_the_previous_prediction_and_accepted_labels_are_hard():
+def test_a_reliable_model_fills_in_where_the_proxy_is_unsure():
     torch.manual_seed(1)
-    model = build_network(tiny_config(2)).eval()
-    image, label = disc_volume(4, shape=(2, 32, 32))
-    example = OnlineExample(image, 2, proxy_labels=label, confidence=np.zeros(image.shape, np.float32))
+    image, label = disc_volume(4, shape=(3, 32, 32))
+    model = supervised_model(image, label)
+    confidence = np.zeros(image.shape, np.float32)
+    confidence[1] = 1.0
+    user = np.full(image.shape, UNLABELLED, np.uint8)
+    user[1] = label[1]  # the user drew the middle slice: the model agrees with it
+    wrong_proxy = np.zeros(image.shape, np.uint8)  # far from the drawn slice the proxy says nothing
+    wrong_proxy[1] = label[1]
+    example = OnlineExample(image, 2, proxy_labels=wrong_proxy, confidence=confidence, user_labels=user)
     prepared = prepare_image(example, model, OnlineSettings(size=32))
-    previous = predict_slices(model, prepared.images, torch.device("cpu"))
-    np.testing.assert_allclose(prepared.targets, previous, atol=1e-6)
-    np.testing.assert_allclose(prepared.residual, 0.0, atol=1e-6)
+    assert prepared.reliability > 0.8
+    targets = prepared.targets.argmax(axis=1)
+    far = [0, 2]
+    assert np.mean(targets[far] == label[far]) > 0.95  # the model's answer, not the empty proxy
+    assert prepared.weights[far].mean() > 0.3
 
+
+def test_accepted_labels_are_hard_everywhere():
+    image, label = disc_volume(4, shape=(2, 32, 32))
     accepted = OnlineExample(image, 2, proxy_labels=1 - label, accepted_label=label)
     y, w = proxy_target(accepted, OnlineSettings(size=32))
-    np.testing.assert_array_equal(y.argmax(axis=0), label)
+    np.testing.assert_array_equal(y.argmax(axis=0), accepted.accepted_label)
     np.testing.assert_array_equal(w, 1.0)
 
 
@@ -313,3 +361,102 @@ def test_an_online_job_learns_a_disc_from_a_random_start(tmp_path):
     after = mean_dice(registry.load(1)[0], test_image, test_label, 32)
     assert after > before + 0.2, (before, after)
     assert after > 0.8, (before, after)
+
+
+# -- a job on what a real round produced ------------------------------------------------------
+
+
+def round_job_files(folder: Path, volume, model, name: str, num_classes: int = 2) -> dict[str, str]:
+    """Strokes on two slices -> ``compute_round`` (the server's round) with ``model``'s prediction;
+    the files a round job names."""
+    from learner.inference import predict_volume
+    from learner.scribbles import simulate_scribbles
+    from server.services.pipeline import compute_round
+
+    first, last = volume.present
+    slices = [first + (last - first) // 3, first + 2 * (last - first) // 3]
+    strokes = simulate_scribbles(volume.labels, num_classes=num_classes, slices=slices, axis=0, seed=0).scribble
+    prediction = predict_volume(model, volume.image, size=32, device="cpu")
+    result = compute_round(volume.image, (1.0, 1.0, 1.0), strokes, [(0, i) for i in slices], prediction, num_classes)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"image_path": volume.image, "proxy_probabilities_path": result.proxy_probabilities,
+             "confidence_path": result.confidence, "scribble_path": strokes}
+    for key, array in files.items():
+        np.save(folder / f"{name}-{key}.npy", array)
+    return {key: str(folder / f"{name}-{key}.npy") for key in files}
+
+
+def held_out_dice(model, volumes) -> float:
+    return float(np.mean([mean_dice(model, v.image, v.labels, 32) for v in volumes]))
+
+
+@pytest.mark.slow
+def test_a_job_on_a_rounds_outputs_raises_held_out_dice_and_one_on_an_inverted_proxy_is_rejected(tmp_path):
+    from registration.synthetic import synthetic_volume
+
+    train, other, validation, *test = [synthetic_volume((10, 32, 32), 2, seed=s) for s in (1, 2, 3, 4, 5)]
+    registry = new_registry(tmp_path / "registry")
+    replay = ReplayBuffer(tmp_path / "replay")
+    np.save(tmp_path / "val-image.npy", validation.image)
+    np.save(tmp_path / "val-label.npy", validation.labels)
+    gate_images = [ValidationImage("val", str(tmp_path / "val-image.npy"), str(tmp_path / "val-label.npy"))]
+    before = held_out_dice(registry.load(0)[0], test)
+
+    files = round_job_files(tmp_path / "round", train, registry.load(0)[0], "train")
+    job = TrainJob(project_id="p", image_id="train", round_id="1", num_classes=2, reference_version=0,
+                   validation=gate_images, steps=120, settings={"size": 32}, **files)
+    learned = run_train_job(job, registry, replay, device="cpu")
+    after = held_out_dice(registry.load()[0], test)
+    assert learned.promoted and registry.serving_version() == learned.version
+    assert after > before + 0.3, (before, after)
+
+    # Another round's proxy with its classes swapped and claiming full confidence everywhere (so
+    # the targets cannot fall back on the reliable model): the gate must keep it from serving.
+    inverted = round_job_files(tmp_path / "inverted", other, registry.load()[0], "other")
+    swapped = np.load(inverted["proxy_probabilities_path"])[::-1]
+    np.save(inverted["proxy_probabilities_path"], np.ascontiguousarray(swapped))
+    np.save(inverted["confidence_path"], np.ones(other.image.shape, np.float32))
+    del inverted["scribble_path"]  # the user's own strokes would still be right
+    job = TrainJob(project_id="p", image_id="other", round_id="1", num_classes=2,
+                   reference_version=learned.version, validation=gate_images, steps=120,
+                   settings={"size": 32, "replay_per_batch": 0},  # replay alone can hold the model up
+                   **inverted)
+    wrong = run_train_job(job, registry, replay, device="cpu")
+    assert not wrong.promoted, wrong.reason
+    assert wrong.gate["candidate_dice"] < wrong.gate["serving_dice"] - 0.2
+    assert registry.serving_version() == learned.version
+    assert held_out_dice(registry.load()[0], test) == pytest.approx(after)
+
+
+def inverted_disc_volume(seed: int, shape: tuple[int, int, int] = (4, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """A dark disc (1) on a bright background: what a model of bright discs gets exactly wrong."""
+    image, label = disc_volume(seed, shape)
+    return (1.0 - image).astype(np.float32), label
+
+
+@pytest.mark.slow
+def test_replay_reduces_forgetting_of_an_earlier_image(tmp_path):
+    first_image, first_label = disc_volume(21, shape=(4, 32, 32))
+    second_image, second_label = inverted_disc_volume(22)
+    settings = OnlineSettings(size=32, batch_size=4, replay_per_batch=2, spatial_augment=False, learning_rate=3e-3)
+
+    def first_image_dice_after_both(replay: ReplayBuffer | None) -> tuple[float, float]:
+        torch.manual_seed(0)
+        model = build_network(tiny_config(2))
+        first = prepare_image(OnlineExample(first_image, 2, accepted_label=first_label), model, settings)
+        train_online(model, first, settings, steps=60, num_classes=2, replay=replay, image_id="first")
+        learned = mean_dice(model, first_image, first_label, 32)
+        if replay is not None:
+            replay.add("first", replay_slices(first, settings.replay_slices_per_image))
+        second = prepare_image(OnlineExample(second_image, 2, accepted_label=second_label), model, settings)
+        train_online(model, second, settings, steps=100, num_classes=2, replay=replay, image_id="second")
+        second_dice = mean_dice(model, second_image, second_label, 32)
+        assert second_dice > 0.6, second_dice  # with or without replay, the second image is learned
+        return learned, mean_dice(model, first_image, first_label, 32)
+
+    learned, without_replay = first_image_dice_after_both(None)
+    learned_too, with_replay = first_image_dice_after_both(ReplayBuffer(tmp_path, capacity=10))
+    assert learned == pytest.approx(learned_too) and learned > 0.8
+    forgetting_without, forgetting_with = learned - without_replay, learned - with_replay
+    assert forgetting_without > 0.3, (learned, without_replay)
+    assert forgetting_with < forgetting_without - 0.25, (learned, without_replay, with_replay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from learner.checkpoints import save_checkpoint
 from learner.networks import build_network
 from learner.objective import build_objective
 from learner.preprocess import normalize_intensity, resize_images, resize_labels
-from learner.registry import CheckpointMismatch, ModelRegistry, RegistryError, ValidationCase
+from learner.registry import CheckpointMismatch, ModelRegistry, RegistryError, ValidationCase, mean_validation_dice
 from learner.train import training_step
 from tests.test_online import disc_volume, one_torch_thread, tiny_config  # noqa: F401 (fixture)
 
@@ -135,6 +136,69 @@ def test_gate_promotes_a_better_and_rejects_a_worse_candidate(tmp_path):
     assert curve[0]["status"] == "retired" and curve[better.version]["status"] == "serving"
     with pytest.raises(RegistryError, match="not a candidate"):
         registry.promote_or_reject(worse.version, cases, tolerance=0.02, size=SIZE)
+
+
+def noisy_copy(model: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module:
+    """``model`` with Gaussian noise of relative size ``scale`` on every weight (a slightly worse model)."""
+    worse = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in worse.parameters():
+            parameter.add_(scale * parameter.std().nan_to_num(0.0) * torch.randn(parameter.shape, generator=generator))
+    return worse.eval()
+
+
+def measured_dice(model, cases) -> float:
+    return mean_validation_dice(model, cases, 2, size=SIZE)[0]
+
+
+@pytest.mark.parametrize("drop_in_tolerances, promoted", [(0.5, True), (2.0, False)])
+def test_gate_decides_by_its_tolerance(tmp_path, drop_in_tolerances, promoted):
+    """A candidate whose Dice is tolerance/2 below the serving version's passes; 2 x tolerance
+    below, it is rejected and the serving version stays. The tolerance is set from the measured
+    drop, so the test holds whatever the exact Dice of the two models is."""
+    cases = validation_cases()
+    good = supervised_disc_model()
+    worse = next(m for m in (noisy_copy(good, s, 7) for s in (0.05, 0.1, 0.2, 0.3))
+                 if 0.005 < measured_dice(good, cases) - measured_dice(m, cases) < 0.3)
+    drop = measured_dice(good, cases) - measured_dice(worse, cases)
+    tolerance = drop / drop_in_tolerances
+
+    registry = ModelRegistry(tmp_path)
+    registry.create_initial(tiny_config(2), seed=0)
+    config = registry.network_config()
+    serving = registry.add_candidate(good, config, parent=0, source={"kind": "online"})
+    assert registry.promote_or_reject(serving.version, cases, tolerance, size=SIZE).promoted
+    candidate = registry.add_candidate(worse, config, parent=serving.version, source={"kind": "online"})
+    decision = registry.promote_or_reject(candidate.version, cases, tolerance, size=SIZE)
+
+    assert decision.serving_dice - decision.candidate_dice == pytest.approx(drop, abs=1e-6)
+    assert decision.promoted is promoted
+    assert registry.serving_version() == (candidate.version if promoted else serving.version)
+    assert registry.record(candidate.version).status == ("serving" if promoted else "rejected")
+
+
+def test_gate_compares_with_the_best_served_version_so_small_drops_do_not_add_up(tmp_path):
+    cases = validation_cases()
+    good = supervised_disc_model()
+    worse = [noisy_copy(good, s, 11) for s in (0.1, 0.2, 0.3)]
+    dice = [measured_dice(good, cases)] + [measured_dice(m, cases) for m in worse]
+    assert dice[0] > dice[1] > dice[2] > dice[3], dice  # each noisier copy a little worse
+    tolerance = (dice[0] - dice[2]) * 0.75  # one step down passes, two steps below the best do not
+
+    registry = ModelRegistry(tmp_path)
+    registry.create_initial(tiny_config(2), seed=0)
+    config = registry.network_config()
+    best = registry.add_candidate(good, config, parent=0, source={"kind": "online"})
+    registry.promote_or_reject(best.version, cases, tolerance, size=SIZE)
+    step = registry.add_candidate(worse[0], config, parent=best.version, source={"kind": "online"})
+    assert registry.promote_or_reject(step.version, cases, tolerance, size=SIZE).promoted
+    drift = registry.add_candidate(worse[1], config, parent=step.version, source={"kind": "online"})
+    decision = registry.promote_or_reject(drift.version, cases, tolerance, size=SIZE)
+    # Within tolerance of the serving version, but not of the best one served on these images.
+    assert decision.candidate_dice >= decision.serving_dice - tolerance
+    assert not decision.promoted and decision.best_version == best.version
+    assert registry.serving_version() == step.version
 
 
 def test_gate_without_validation_images_promotes_and_says_so(tmp_path):

@@ -6,6 +6,7 @@ from learner.losses.crf import MaskedGatedCRFLoss
 from learner.losses.distill import EMATeacher, MultiScaleDistillationLoss
 from learner.losses.pce import PartialCrossEntropyLoss
 from learner.losses.soft_ce import SoftTargetCrossEntropyLoss
+from learner.losses.soft_dice import SoftDiceLoss
 
 __all__ = [
     "AttentiveSimilarityLoss",
@@ -14,5 +15,6 @@ __all__ = [
     "MaskedGatedCRFLoss",
     "MultiScaleDistillationLoss",
     "PartialCrossEntropyLoss",
+    "SoftDiceLoss",
     "SoftTargetCrossEntropyLoss",
 ]
