@@ -5,7 +5,9 @@ its schema, no request takes longer than 10 s.
 Bounded and reproducible: ``EXAMPLES`` cases per operation, Hypothesis derandomized (a fixed
 seed), no example database. The data holds a project, an image named ``case1`` (the id the
 schema's examples use) with an accepted label, and admin credentials on every request, so the
-generated requests reach the handlers instead of stopping at authentication.
+generated requests reach the handlers instead of stopping at authentication. Half of the
+generated requests name things that exist (ids, the image ``case1``, file names), so that the
+handlers' work is fuzzed and not only their lookups.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.conftest import make_token, synthetic_volume, volume_bytes
 
-EXAMPLES = 12
+EXAMPLES = 10
 CHECKS = [not_a_server_error, response_schema_conformance, max_response_time]  # max: 10 s by default
 
 
@@ -55,24 +57,64 @@ def fuzz_app(tmp_path_factory):
                            headers=headers)
         assert saved.status_code == 200, saved.text
         assert np.unique(label).size == 3
+        # A session, a round and a training job (queued) for the ids below.
+        clicked = client.post("/infer/clicks?image=case1&output=json", headers=headers,
+                              data={"params": '{"label": "inner", "foreground": [[16, 16, 3]]}'})
+        assert clicked.status_code == 200, clicked.text
     return app, headers
+
+
+# What exists in the fuzzed server: path and query values that name it.
+EXISTING_PATH = {"project_id": 1, "image_id": 1, "session_id": 1, "round_id": 1, "job_id": 1, "version": 0,
+                 "model": "clicks", "strategy": "first"}
+EXISTING_QUERY = {"image": "case1", "label": "case1", "id": "case1"}
+FILE_NAMES = ["segmentation", "residual", "scribble", "input", "proxy", "confidence", "prediction", "uncertainty"]
+
+
+def _with_existing(values: dict | None, existing: dict) -> st.SearchStrategy:
+    if not values:
+        return st.just(values)
+    known = {k: existing[k] for k in values if k in existing}
+    if "name" in values:
+        known["name"] = FILE_NAMES[0]
+    return st.sampled_from([values, {**values, **known}]) if known else st.just(values)
+
+
+def _fuzzed_schema(app, headers):
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+    @schema.hook
+    def flatmap_path_parameters(context, path_parameters):
+        return _with_existing(path_parameters, EXISTING_PATH)
+
+    @schema.hook
+    def flatmap_query(context, query):
+        return _with_existing(query, EXISTING_QUERY)
+
+    @schema.hook
+    def map_headers(context, generated):
+        return {**(generated or {}), **headers}  # authentication is tested elsewhere
+
+    return schema
 
 
 def _operation_strategy(operation):
     """Valid and invalid requests, and the schema's own examples (the image id ``case1``)."""
-    strategies = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
-    strategies += operation.schema.get_strategies_from_examples(operation)
+    hooks = operation.schema.hooks
+    strategies = [operation.as_strategy(mode, hooks=hooks) for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
+    strategies += operation.schema.get_strategies_from_examples(operation, hooks=hooks)
     return st.one_of(strategies)
 
 
 def test_api_fuzz(fuzz_app):
     app, headers = fuzz_app
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    schema = _fuzzed_schema(app, headers)
     failures: dict[str, str] = {}
     answered: dict[str, set[int]] = {}
     operations = 0
-    for result in schema.get_all_operations():
-        operation = result.ok()
+    # Deletions last: they remove what the other operations are fuzzed against.
+    ordered = sorted((result.ok() for result in schema.get_all_operations()), key=lambda op: op.method == "delete")
+    for operation in ordered:
         operations += 1
 
         @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
