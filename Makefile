@@ -42,4 +42,4 @@ vendor-echarts:
 	cd $(VENDOR_DIR) && sha256sum -c SHA256SUMS
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .venv-monailabel .venv-monailabel.lock  # the last: tests/monailabel/venv.py
