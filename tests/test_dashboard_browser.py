@@ -128,6 +128,10 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            # The network is cut: only the server answers; anything else would fail (and is
+            # recorded below either way).
+            context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(process.url)
+                          else route.abort("internetdisconnected"))
             page = context.new_page()
             page.set_default_timeout(PAGE_TIMEOUT_MS)
             page.on("request", lambda request: requests.append(request.url))
