@@ -59,7 +59,7 @@ from registration.volume import Volume, read_volume, write_volume_atomic
 from server import schemas
 
 SERVER_STARTUP_SECONDS = 180
-POLL_SECONDS = 0.25
+POLL_SECONDS = 1.0  # job polls: each is a (short) write transaction on SQLite
 
 
 # --- the server -------------------------------------------------------------------------------

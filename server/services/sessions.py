@@ -482,6 +482,7 @@ def accept(
         project = projects.get_project(db, image.project_id)
         current = active_round(db, image.id)
         source = f"{current.dir}/{ROUND_FILES['segmentation']}" if current else f"{session.dir}/{SESSION_FILES['prediction']}"
+        active_rounds = [(row.id, row.dir) for row in list_rounds(db, image.id) if row.undone_at is None]
         db.commit()
 
         store = ctx.datastore
@@ -492,6 +493,14 @@ def accept(
             label_path = store.write_volume(folder / "label.nii.gz", volume, label)
             store.write_json(folder / "accepted.json", {"round_id": current.id if current else None,
                                                         "session_id": session.id})
+            # Each round's Dice against the label, scored before the write transaction below
+            # (on SQLite it holds the database's write lock; the image lock keeps the rounds as they are).
+            names = projects.label_names(project)
+            round_dice = {}
+            for round_id, round_dir in active_rounds:
+                seg = store.read_volume(f"{round_dir}/{ROUND_FILES['segmentation']}").array
+                scores = dice_per_class(seg, label, len(names))
+                round_dice[round_id] = {names[c]: float(v) for c, v in scores.items()}
             session = _locked(db, AnnotationSession, session.id)
             require_holder(db, ctx.settings.lease_seconds, principal, session)
             latest = active_round(db, image.id)
@@ -506,12 +515,9 @@ def accept(
             image.accepted_by = principal.owner
             session.state = "accepted"
             session.closed_at = now
-            names = projects.label_names(project)
             for row in list_rounds(db, image.id):
-                if row.undone_at is None:
-                    seg = store.read_volume(f"{row.dir}/{ROUND_FILES['segmentation']}").array
-                    scores = dice_per_class(seg, label, len(names))
-                    row.dice = {names[c]: float(v) for c, v in scores.items()}
+                if row.id in round_dice:
+                    row.dice = round_dice[row.id]
             audit.record(db, principal, "accept", project_id=project.id, image_id=image.id,
                          details={"session_id": session.id, "round_id": image.accepted_round_id,
                                   "label_counts": pipeline.label_counts(label, names)})
