@@ -104,3 +104,16 @@ def test_gate_verdicts_against_the_holdout():
     assert verdicts[2]["compared_with"] == 1 and verdicts[2]["missed_improvement"]
     assert verdicts[3]["compared_with"] == 1 and verdicts[3]["gate_error"]  # 0.05 below, promoted
     assert verdicts[4]["compared_with"] == 3 and not verdicts[4]["gate_error"]  # 0.01 below: within tolerance
+
+
+def test_summary_table_has_a_row_per_summary_key_and_a_column_per_report():
+    from clients.stream_table import table
+
+    reports = [{"summary": {"volumes": 3, "mean_final_dice": 0.91234, "errors": 0}}, {"summary": {"volumes": 4}}]
+    lines = table(reports, ["residual", "random"]).splitlines()
+    assert lines[0] == "| | residual | random |"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    assert set(sm.SUMMARY_KEYS) <= set(rows)  # every issue key, even when missing
+    assert rows["volumes"] == "| volumes | 3 | 4 |"
+    assert rows["mean_final_dice"] == "| mean_final_dice | 0.912 | – |"
+    assert rows["errors"] == "| errors | 0 | – |" and "gate_errors" not in rows
