@@ -15,7 +15,9 @@ first, and annotations are dense 2D label maps (h, w) on some of its n slices.
 4. Beyond the outermost annotation the foreground fades with distance: a structure reaches
    about as deep as it is wide (``depth_factor`` x its equivalent radius, in slices judged
    by how fast the image changes across slices), not much further than the annotator's
-   own spacing (``gap_factor`` x the mean gap), classes seen shrinking towards the end
+   own spacing (``gap_factor`` x the mean gap, when that gap is at least ``gap_limit_from``
+   slices: corrections drawn on neighbouring slices say nothing about where a structure
+   ends), classes seen shrinking towards the end
    keep shrinking, and (with two or more annotated slices holding foreground) a class
    whose carried region stops matching the slice fades sooner (``presence_exponent``).
 5. Key slices are interpolated to every slice, smoothed a little in 3D and up-sampled to
@@ -59,6 +61,10 @@ class PropagationSettings:
     #: (see the module doc); carrying stops where that falls under ``min_keep``.
     depth_factor: float = 1.5
     gap_factor: float = 0.6
+    #: The gap limit applies only when the annotated slices holding foreground lie at least
+    #: this many slices apart on average (adjacent corrective slices would otherwise cut
+    #: every structure off one slice beyond them).
+    gap_limit_from: float = 2.0
     min_keep: float = 0.05
     #: Exponent of the intensity likelihood that reweights carried probabilities at full
     #: resolution (0: off).
@@ -168,7 +174,8 @@ def _fade_scale(
     scale = max(settings.depth_factor * radius / max(step, 1e-6), 0.5)
     if len(with_foreground) > 1:
         gap = (with_foreground[-1] - with_foreground[0]) / (len(with_foreground) - 1)
-        scale = min(scale, max(settings.gap_factor * gap, 0.5))
+        if gap >= settings.gap_limit_from:
+            scale = min(scale, max(settings.gap_factor * gap, 0.5))
     return scale
 
 

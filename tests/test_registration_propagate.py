@@ -213,3 +213,21 @@ def test_between_two_annotations_the_held_split_mixes_them_by_distance_and_the_c
     np.testing.assert_allclose(probabilities[:, 3, 0, 0], [1 / 3, 1 / 6, 0.5], atol=1e-5)
     np.testing.assert_allclose(probabilities[:, 5, 0, 0], [0.3, 0.0, 0.7], atol=1e-5)  # ... as class 2
     assert probabilities.dtype == np.float32
+
+
+def test_adjacent_annotated_slices_do_not_cut_a_structure_off():
+    # A long bright cylinder (slices 2..27 of 30) annotated on two neighbouring slices, as a
+    # corrective annotator does: the mean gap (1 slice) says nothing about where it ends, so
+    # the proxy must still reach well beyond them.
+    z, y, x = np.mgrid[:30, :40, :36]
+    tube = ((y - 20) ** 2 + (x - 18) ** 2 <= 8**2) & (z >= 2) & (z < 28)
+    rng = np.random.default_rng(1)
+    image = np.where(tube, 0.8, 0.2) + 0.02 * rng.standard_normal(tube.shape)
+    labels = tube.astype(np.uint8)
+    proxy = propagate_to_volume(image, annotate(labels, 0, [14, 15]), 2)
+    reached = [int(s) for s in np.flatnonzero(proxy.labels.reshape(30, -1).any(axis=1))]
+    assert reached[0] <= 11 and reached[-1] >= 18
+    limited = propagate_to_volume(
+        image, annotate(labels, 0, [14, 15]), 2, settings=PropagationSettings(gap_limit_from=0.0)
+    )
+    assert np.count_nonzero(limited.labels) < np.count_nonzero(proxy.labels)
