@@ -104,6 +104,8 @@ def test_final_label_values_map_segment_names_to_project_labels():
     info = {"label_info": [{"name": "ring", "idx": 1}, {"name": "inner", "idx": 2}]}
     assert monailabel.final_label_values(array, NAMES, info).tolist() == [0, 2, 1, 1]
     assert monailabel.final_label_values(array, NAMES, {}).tolist() == [0, 1, 2, 2]
+    huge = {"label_info": [{"name": "ring", "id": 2**40}]}  # any segment value, without a table that large
+    assert monailabel.final_label_values(np.array([0, 2**40]), NAMES, huge).tolist() == [0, 2]
     with pytest.raises(BadInput, match="tumour"):
         monailabel.final_label_values(array, NAMES, {"label_info": [{"name": "tumour", "idx": 1}]})
     with pytest.raises(BadInput, match=r"\[3\]"):

@@ -337,11 +337,11 @@ def final_label_values(array: np.ndarray, names: list[str], params: dict[str, An
     if unknown:
         expected = "the values named in label_info" if pairs else f"0..{len(names) - 1}"
         raise BadInput(f"label value(s) {unknown[:10]} are not labels of this project; expected {expected}")
-    table = np.zeros(max(values) + 1, dtype=np.uint8)
-    for value, label in lookup.items():
-        if value < table.size:
-            table[value] = label
-    return table[array]
+    labels = np.zeros(array.shape, dtype=np.uint8)
+    for value, label in lookup.items():  # a few segments: no lookup table as large as the largest value
+        if label:
+            labels[array == value] = label
+    return labels
 
 
 def scribble_seeds(array: np.ndarray, names: list[str], params: dict[str, Any]) -> np.ndarray:
