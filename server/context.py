@@ -43,10 +43,16 @@ class ThreadPolicy:
     round keeps a core to itself. An interactive request uses the CPUs that training
     leaves free (all of them when no step ran within ``training_idle_seconds``).
     ``training_threads`` defaults to half the CPUs.
+
+    Fewer threads are not enough on their own: the training thread and the round share
+    the GIL, and a round's many short NumPy calls wait for the training loop at every
+    switch (ACDC, 2 cores: rounds 3-5x slower while a job ran). So a step that is about to
+    start while a request is in flight waits for it to end, at most ``max_pause_seconds``
+    per step so that training always moves on.
     """
 
     def __init__(self, training_threads: int | None = None, training_threads_during_rounds: int = 1,
-                 cpus: int | None = None, training_idle_seconds: float = 2.0):
+                 cpus: int | None = None, training_idle_seconds: float = 2.0, max_pause_seconds: float = 10.0):
         self.cpus = max(1, cpus or os.cpu_count() or 1)
         # Half the CPUs by default: the other half stays with the requests, and a training job
         # with more OpenMP threads than the cores it actually gets slows down several times
@@ -54,7 +60,8 @@ class ThreadPolicy:
         self.training_threads = max(1, training_threads or self.cpus // 2)
         self.training_threads_during_rounds = max(1, min(training_threads_during_rounds, self.training_threads))
         self.training_idle_seconds = training_idle_seconds
-        self._lock = threading.Lock()
+        self.max_pause_seconds = max_pause_seconds
+        self._lock = threading.Condition()
         self._in_flight = 0
         self._last_step = -float("inf")
 
@@ -80,9 +87,15 @@ class ThreadPolicy:
         finally:
             with self._lock:
                 self._in_flight -= 1
+                if not self._in_flight:
+                    self._lock.notify_all()
 
     def training_threads_now(self) -> int:
+        """The threads of the step about to start, after waiting (bounded) for requests in flight."""
+        deadline = time.monotonic() + self.max_pause_seconds
         with self._lock:
+            while self._in_flight and (remaining := deadline - time.monotonic()) > 0:
+                self._lock.wait(remaining)
             self._last_step = time.monotonic()
             busy = self._in_flight > 0
         return self.training_threads_during_rounds if busy else self.training_threads
@@ -152,7 +165,8 @@ def build_context(settings: Settings) -> AppContext:
     session_factory = make_session_factory(engine)
     metrics = Metrics()
     compute = ComputeSlots(settings.compute_threads)
-    threads = ThreadPolicy(settings.training_threads, settings.training_threads_during_rounds)
+    threads = ThreadPolicy(settings.training_threads, settings.training_threads_during_rounds,
+                           max_pause_seconds=settings.training_pause_seconds)
     return AppContext(
         settings=settings,
         engine=engine,

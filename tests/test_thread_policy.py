@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import torch
 
@@ -24,16 +25,41 @@ def training_step_threads(policy: ThreadPolicy) -> int:
 
 
 def test_training_threads_follow_rounds_in_flight():
-    policy = ThreadPolicy(training_threads=2, training_threads_during_rounds=1, cpus=2)
+    policy = ThreadPolicy(training_threads=2, training_threads_during_rounds=1, cpus=2, max_pause_seconds=0.2)
     previous = torch.get_num_threads()
     try:
         assert in_thread(lambda: training_step_threads(policy)) == 2
         with policy.interactive():
             assert policy.in_flight == 1
             assert torch.get_num_threads() == 1  # training ran a step just now: one CPU is left
-            assert in_thread(lambda: training_step_threads(policy)) == 1
+            started = time.monotonic()
+            assert in_thread(lambda: training_step_threads(policy)) == 1  # waited 0.2 s, then went on
+            assert time.monotonic() - started >= 0.2
         assert policy.in_flight == 0
         assert in_thread(lambda: training_step_threads(policy)) == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_a_training_step_waits_for_the_round_in_flight():
+    policy = ThreadPolicy(training_threads=2, training_threads_during_rounds=1, cpus=2, max_pause_seconds=30)
+    step_started = {}
+
+    def step() -> int:
+        threads = training_step_threads(policy)
+        step_started["at"] = time.monotonic()
+        return threads
+
+    previous = torch.get_num_threads()
+    try:
+        with policy.interactive():
+            waiting = threading.Thread(target=lambda: step_started.setdefault("threads", step()))
+            waiting.start()
+            time.sleep(0.3)
+            assert "at" not in step_started  # still waiting
+            round_ended = time.monotonic()
+        waiting.join(timeout=30)
+        assert step_started["at"] >= round_ended and step_started["threads"] == 2
     finally:
         torch.set_num_threads(previous)
 
