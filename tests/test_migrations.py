@@ -19,7 +19,12 @@ from sqlalchemy import inspect, text
 from server.app import create_app
 from server.storage import models  # noqa: F401  (registers the tables on Base)
 from server.storage.db import Base, make_engine
-from server.storage.migrate import BASELINE_REVISION, alembic_config, current_revision, head_revision
+from server.storage.migrate import (
+    BASELINE_REVISION,
+    alembic_config,
+    current_revision,
+    head_revision,
+)
 from tests.conftest import make_token
 from tests.test_api_sessions import API, open_session, stroke_round
 
