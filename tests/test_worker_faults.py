@@ -146,3 +146,22 @@ def test_superseded_and_redelivered_jobs_do_not_train_twice(tmp_path, redis_env)
     finally:
         executor.shutdown()
         worker.stop()
+
+
+def test_cancel_stops_a_job_running_on_a_worker(tmp_path, redis_env):
+    registry = new_registry(tmp_path / "registry")
+    executor = CeleryExecutor(worker_settings(redis_env), poll_interval=0.2)
+    worker = WorkerProcess(redis_env, tmp_path / "worker.log")
+    try:
+        worker.start()
+        job_id = executor.submit(train_job(tmp_path, "1", steps=5000))
+        wait_for(lambda: executor.status(job_id).step >= 2, 120, "the job's first steps")
+        assert executor.cancel(job_id)
+        status = executor.wait(job_id, timeout=120)
+        assert status.state == JobState.CANCELLED, status
+        assert status.step < 5000
+        assert [r.version for r in registry.versions()] == [0]  # nothing stored
+        assert executor.cancel(job_id) is False  # already finished
+    finally:
+        executor.shutdown()
+        worker.stop()
