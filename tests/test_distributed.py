@@ -109,3 +109,39 @@ def test_round_is_trained_by_a_celery_worker(tmp_path, postgres_url):
     assert outcome["result"]["round_id"] == str(round_id)
     assert f"scribbleflow.train[{task_id}] succeeded" in (tmp_path / "worker.log").read_text()
     assert np.isfinite(outcome["result"]["losses"]).all()
+
+
+def test_server_killed_while_a_worker_trains_follows_the_job_after_its_restart(tmp_path):
+    """SIGKILL of the server while the worker trains: after the restart the server follows the
+    job it had sent (not a second message), and the job's row ends succeeded with one version."""
+    ensure_redis()
+    env = distributed_env(tmp_path, BROKER_URL, SCRIBBLEFLOW_ONLINE_STEPS="150")
+    volume, truth = synthetic_volume((6, 32, 32), seed=4)
+    image_path = write_volume_atomic(volume, tmp_path / "case.nii.gz")
+    token = create_token(env)
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    server = ServerProcess(env, tmp_path / "server.log")
+    worker.start()
+    try:
+        server.start()
+        with ScribbleflowClient(server.url, token, timeout=120) as client:
+            project = client.create_project("heart", ["inner", "ring"])
+            image = client.upload_image(project.id, image_path)
+            SimulatedAnnotator(client, 3, seed=1).annotate(image, truth, 1, accept=False)
+            (job,) = client.list_jobs(project.id)
+            deadline = time.monotonic() + JOB_SECONDS
+            while client.get_job(job.id).state != "running":
+                assert time.monotonic() < deadline, client.get_job(job.id)
+                time.sleep(0.1)
+        server.kill()
+        server.start()
+        with ScribbleflowClient(server.url, token, timeout=120) as client:
+            jobs = client.wait_for_jobs(project.id, timeout=JOB_SECONDS, poll=0.5)
+            assert [(j.id, j.state, j.result_version) for j in jobs] == [(job.id, "succeeded", 1)]
+            assert [v.version for v in client.list_models(project.id).versions] == [0, 1]
+    finally:
+        server.stop()
+        worker.stop()
+    log = (tmp_path / "worker.log").read_text()
+    received = [line for line in log.splitlines() if "Task scribbleflow.train[" in line and "received" in line]
+    assert len(received) == 1, received  # one message: the restarted server did not send it again
