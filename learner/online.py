@@ -54,8 +54,9 @@ from learner.replay import REPLAY_POLICIES, ReplayBuffer, SoftSlices
 from registration.fusion import model_reliability
 from registration.volume import UNLABELLED
 
-#: Optimiser steps per online job unless a job says otherwise (SPEC: ~150 per image).
-DEFAULT_ONLINE_STEPS = 150
+#: Optimiser steps per online job unless a job says otherwise: what fits the annotation-to-model
+#: budget (90 s per accepted image on 2 CPU cores at size 128; docs/benchmarks.md).
+DEFAULT_ONLINE_STEPS = 200
 CONFIDENCE_MODES = ("map", "schedule")
 
 #: progress(step, total) after each optimiser step.
@@ -95,6 +96,7 @@ class OnlineSettings:
     size: int = 128  # slices resized to size x size for training, inference and the gate (multiple of 16)
     batch_size: int = 4  # slices per optimiser step, replay included
     replay_per_batch: int = 2  # of those, slices from earlier images (at most batch_size − 1) when the buffer has any
+    replay_balance: bool = False  # more replay slots as the buffer grows (share n/(n+1) of the free slots for n images)
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     confidence_mode: str = "map"  # "map": the proxy's confidence map; "schedule": σ(4(n/N − 0.5))
@@ -489,6 +491,13 @@ def train_online(
     rng = np.random.default_rng([settings.seed, steps, prepared.images.shape[0]])
     exclude = [image_id] if image_id is not None else []
     replay_slots = min(settings.replay_per_batch, settings.batch_size - 1)  # always some of this image
+    if settings.replay_balance and replay is not None:
+        # n earlier images: each of the batch_size - 1 free slots is a replay slot with chance n / (n + 1),
+        # so batches approach a uniform draw over the images seen (less pull towards the newest one).
+        earlier = len([i for i in replay.image_ids() if i not in exclude])
+        balanced_share = earlier / (earlier + 1)
+    else:
+        balanced_share = 0.0
     z = prepared.images.shape[0]
     losses: list[float] = []
     replay_used = 0
@@ -498,8 +507,9 @@ def train_online(
             if should_stop is not None and should_stop():
                 raise UpdateCancelled(f"stopped after {step} of {steps} steps")
             replayed = None
-            if replay is not None and replay_slots > 0:
-                replayed = replay.sample(replay_slots, rng, exclude=exclude)
+            slots = max(replay_slots, int(rng.binomial(settings.batch_size - 1, balanced_share))) if balanced_share else replay_slots
+            if replay is not None and slots > 0:
+                replayed = replay.sample(slots, rng, exclude=exclude)
                 if replayed is not None and replayed.images.shape[1:] != prepared.images.shape[1:]:
                     from learner.replay import resize_soft_slices
 

@@ -55,9 +55,11 @@ class Settings(BaseSettings):
     # Upper bounds: learner.online.ONLINE_UPPER_BOUNDS (tests/test_api_bad_input.py checks they match).
     model_size: int = Field(128, ge=16, le=1024, description="Slices are resized to size x size (multiple of 16).")
     model_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    online_steps: int = Field(150, ge=1, description="Optimiser steps per online training job.")
+    # Equal to learner.online.DEFAULT_ONLINE_STEPS and OnlineSettings().replay_capacity (tests/test_online.py
+    # checks); chosen with learner/bench/online_stream.py (docs/benchmarks.md, "Online learning along a stream").
+    online_steps: int = Field(200, ge=1, description="Optimiser steps per online training job.")
     promotion_tolerance: float = Field(0.02, ge=0, description="Allowed validation Dice drop.")
-    replay_capacity: int = Field(3, ge=0, le=1000, description="Earlier images kept in the replay buffer.")
+    replay_capacity: int = Field(100, ge=0, le=1000, description="Earlier images kept in the replay buffer.")
     validation_every: int = Field(
         5, ge=0, description="Every n-th uploaded image is held out for validation (0: none)."
     )

@@ -18,6 +18,7 @@ from learner.jobs import TrainJob, ValidationImage, run_train_job
 from learner.metrics import dice_per_class
 from learner.networks import NetworkConfig, build_network
 from learner.online import (
+    DEFAULT_ONLINE_STEPS,
     OnlineExample,
     OnlineSettings,
     UpdateCancelled,
@@ -460,3 +461,12 @@ def test_replay_reduces_forgetting_of_an_earlier_image(tmp_path):
     forgetting_without, forgetting_with = learned - without_replay, learned - with_replay
     assert forgetting_without > 0.3, (learned, without_replay)
     assert forgetting_with < forgetting_without - 0.25, (learned, without_replay, with_replay)
+
+
+def test_the_servers_defaults_are_the_learners():
+    from server.settings import Settings
+
+    defaults = Settings()
+    assert defaults.online_steps == DEFAULT_ONLINE_STEPS
+    assert defaults.replay_capacity == OnlineSettings().replay_capacity
+    assert defaults.model_size == OnlineSettings().size

@@ -219,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append(("accept", TrainJob(round_id=f"accept-{case.name}", accepted_label_path=accepted_file,
                                         scribble_path=files["scribble"], **common)))
         for kind, job in jobs:
-            wall = time.perf_counter()
+            wall, cpu_time = time.perf_counter(), time.process_time()
             result = run_train_job(job, registry, replay, device=cpu)
+            cpu_seconds = time.process_time() - cpu_time
             row = {"image": position, "kind": kind, "version": result.version, "promoted": result.promoted,
                    "reason": result.reason, "steps": result.steps, "seconds": round(time.perf_counter() - wall, 2),
+                   "cpu_seconds": round(cpu_seconds, 2),
                    "train_seconds": round(result.train_seconds, 2),
                    "loss_first": round(result.losses[0], 4), "loss_last": round(float(np.mean(result.losses[-10:])), 4),
                    "gate": result.gate}
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             report["jobs"].append(row)
             total_steps += result.steps
             log(f"  {kind} job: v{result.version} {'promoted' if result.promoted else 'REJECTED'} "
-                f"in {row['seconds']:.1f} s, loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}")
+                f"in {row['seconds']:.1f} s ({row['cpu_seconds']:.1f} CPU s), loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}")
         trained += 1
         serving = registry.load()[0]
         learned.append(ValidationCase(case.name, case.image.array, case.label))
@@ -261,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "job_seconds_mean": float(np.mean(job_seconds)) if job_seconds else None,
         "job_seconds_p95": float(np.percentile(job_seconds, 95)) if job_seconds else None,
         "accept_job_seconds_p95": float(np.percentile(accept_seconds, 95)) if accept_seconds else None,
+        "job_cpu_seconds_mean": float(np.mean([j["cpu_seconds"] for j in report["jobs"]])) if job_seconds else None,
         "rejected": sum(not j["promoted"] for j in report["jobs"]),
         "seconds": round(time.perf_counter() - started, 1),
     }
