@@ -19,6 +19,8 @@ Coordination through Redis (``JobCoordination``), with no database access here:
 - *cancel*: a flag that the running job checks at every optimiser step, and at its start;
 - *started*: set atomically with the superseded check, so exactly one of "the job
   starts" and "a newer job supersedes it" happens;
+- *project lease*: the jobs of one project run one at a time across all workers (they
+  write the same model registry and replay buffer), each in a fresh pool process;
 - *lease*: the process running a job holds a lease on it, renewed by a heartbeat thread.
   A redelivered copy of the job (the broker's visibility timeout passed while it still
   ran) finds the lease held and is dropped without touching the job's state; after a
@@ -142,34 +144,49 @@ return 0
 
 
 class Lease:
-    """Holds a job's lease while the job runs: a daemon thread renews it every third of its time."""
+    """Holds a job's lease while the job runs, and then its project's: a daemon thread renews
+    both every third of their time. The project lease makes the jobs of one project run one
+    after another across all workers (they write the same model registry and replay buffer)."""
 
     def __init__(self, coordination: JobCoordination, job_id: str, seconds: int):
         self.coordination, self.job_id, self.seconds = coordination, job_id, seconds
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._keys: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id}", daemon=True)
 
     def acquire(self) -> bool:
-        if not self.coordination.take_lease(self.job_id, self.holder, self.seconds):
+        key = self.coordination.job_lease_key(self.job_id)
+        if not self.coordination.take_lease(key, self.holder, self.seconds):
             return False
+        self._keys.append(key)
         self._thread.start()
         return True
 
+    def wait_for_project(self, project_id: str, poll: float = 0.5) -> None:
+        """Block until this job holds its project's lease (another job of the project ends,
+        or its dead worker's lease runs out)."""
+        key = self.coordination.project_lease_key(project_id)
+        while not self.coordination.take_lease(key, self.holder, self.seconds):
+            time.sleep(poll)
+        self._keys.append(key)
+
     def _beat(self) -> None:
         while not self._stop.wait(self.seconds / 3):
-            try:
-                if not self.coordination.renew_lease(self.job_id, self.holder, self.seconds):
-                    log.warning("job %s: lease lost", self.job_id)
-            except redis.RedisError as error:  # Redis away for a moment: try again at the next beat
-                log.warning("job %s: lease not renewed (%s)", self.job_id, error)
+            for key in list(self._keys):
+                try:
+                    if not self.coordination.renew_lease(key, self.holder, self.seconds):
+                        log.warning("job %s: lease %s lost", self.job_id, key)
+                except redis.RedisError as error:  # Redis away for a moment: try again at the next beat
+                    log.warning("job %s: lease %s not renewed (%s)", self.job_id, key, error)
 
     def release(self) -> None:
         self._stop.set()
-        try:
-            self.coordination.release_lease(self.job_id, self.holder)
-        except redis.RedisError as error:
-            log.warning("job %s: lease not released (%s); it runs out by itself", self.job_id, error)
+        for key in reversed(self._keys):
+            try:
+                self.coordination.release_lease(key, self.holder)
+            except redis.RedisError as error:
+                log.warning("job %s: lease %s not released (%s); it runs out by itself", self.job_id, key, error)
 
 
 @dataclass
@@ -212,15 +229,21 @@ class JobCoordination:
         )
         return newest.decode() if isinstance(newest, bytes) else newest
 
-    def take_lease(self, job_id: str, holder: str, seconds: int) -> bool:
-        """True when ``holder`` now holds the job's lease (nobody else held it)."""
-        return bool(self.client.set(self._key("lease", job_id), holder, nx=True, ex=seconds))
+    def job_lease_key(self, job_id: str) -> str:
+        return self._key("lease", job_id)
 
-    def renew_lease(self, job_id: str, holder: str, seconds: int) -> bool:
-        return bool(self.client.eval(_RENEW_SCRIPT, 1, self._key("lease", job_id), holder, seconds))
+    def project_lease_key(self, project_id: str) -> str:
+        return self._key("project-lease", project_id)
 
-    def release_lease(self, job_id: str, holder: str) -> None:
-        self.client.eval(_RELEASE_SCRIPT, 1, self._key("lease", job_id), holder)
+    def take_lease(self, key: str, holder: str, seconds: int) -> bool:
+        """True when ``holder`` now holds the lease ``key`` (nobody else held it)."""
+        return bool(self.client.set(key, holder, nx=True, ex=seconds))
+
+    def renew_lease(self, key: str, holder: str, seconds: int) -> bool:
+        return bool(self.client.eval(_RENEW_SCRIPT, 1, key, holder, seconds))
+
+    def release_lease(self, key: str, holder: str) -> None:
+        self.client.eval(_RELEASE_SCRIPT, 1, key, holder)
 
     def request_cancel(self, job_id: str) -> None:
         self.client.set(self._key("cancel", job_id), "1", ex=KEY_TTL_SECONDS)
@@ -245,7 +268,9 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         task_soft_time_limit=settings.job_soft_time_limit,
         task_time_limit=settings.job_time_limit,
         worker_prefetch_multiplier=1,
-        worker_max_tasks_per_child=None,
+        # A fresh pool process per job: the replay buffer and registry objects a process keeps
+        # would not see what other workers wrote meanwhile.
+        worker_max_tasks_per_child=1,
         # Unacknowledged messages older than the visibility timeout (their worker died) are
         # looked for every 10 s (kombu's default throttle would make it about every 100 s).
         broker_transport_options={"visibility_timeout": settings.visibility_timeout,
@@ -294,6 +319,7 @@ def _train_task(task, payload: dict) -> dict:
         log.warning("job %s runs in another worker (lease held): this copy is dropped", job.job_id)
         raise Ignore()
     try:
+        lease.wait_for_project(job.project_id)
         return _run_leased(task, job, coordination)
     finally:
         lease.release()

@@ -136,7 +136,7 @@ def test_superseded_and_redelivered_jobs_do_not_train_twice(tmp_path, redis_env)
         # A copy delivered while another process holds the job's lease (the job still runs
         # there) is dropped: no outcome written, nothing trained.
         held = train_job(tmp_path, "3", steps=5, image_id="2")
-        assert coordination.take_lease(held.job_id, "another-worker", 60)
+        assert coordination.take_lease(coordination.job_lease_key(held.job_id), "another-worker", 60)
         app.send_task(TRAIN_TASK, args=[held.to_dict()], task_id=held.job_id, queue=settings.queue("train"))
         wait_for(lambda: f"job {held.job_id} runs in another worker" in (tmp_path / "worker.log").read_text(),
                  120, "the copy to be dropped")
@@ -165,3 +165,36 @@ def test_cancel_stops_a_job_running_on_a_worker(tmp_path, redis_env):
     finally:
         executor.shutdown()
         worker.stop()
+
+
+def test_jobs_of_one_project_on_two_workers_run_one_after_the_other(tmp_path, redis_env):
+    """They write the same registry and replay buffer: the project lease serialises them, and
+    the replay buffer ends up holding both images."""
+    from learner.replay import ReplayBuffer
+
+    registry = new_registry(tmp_path / "registry")
+    settings = worker_settings(redis_env)
+    executor = CeleryExecutor(settings, poll_interval=0.2)
+    workers = [WorkerProcess(redis_env, tmp_path / f"worker-{i}.log", name=f"w{i}") for i in (1, 2)]
+    try:
+        for worker in workers:
+            worker.start()
+        jobs = []
+        for image_id in ("1", "2"):
+            job = train_job(tmp_path, image_id, steps=40, image_id=image_id)
+            job.settings = {**job.settings, "replay_capacity": 2}
+            job.replay_root = str(tmp_path / "replay")
+            jobs.append(executor.submit(job))
+        statuses = [executor.wait(job_id, timeout=300) for job_id in jobs]
+        assert [s.state for s in statuses] == [JobState.SUCCEEDED] * 2, statuses
+        app = create_app(settings)
+        outcomes = sorted((AsyncResult(j, app=app).get(timeout=30) for j in jobs), key=lambda o: o["started_at"])
+        assert outcomes[0]["finished_at"] <= outcomes[1]["started_at"], outcomes
+        assert [r.version for r in registry.versions()] == [0, 1, 2]
+        assert sorted(ReplayBuffer(tmp_path / "replay", 2).image_ids()) == ["1", "2"]
+        logs = [(tmp_path / f"worker-{i}.log").read_text() for i in (1, 2)]
+        assert all("succeeded in" in log for log in logs), "each worker should have run one job"
+    finally:
+        executor.shutdown()
+        for worker in workers:
+            worker.stop()
