@@ -25,9 +25,10 @@ The method (see SPEC.md, "dynamic interactive learning on streaming tasks"):
   ``residual_loss_weight``, and, with the foreground fraction, the choice of slices.
 * **Class balancing.** The ``online`` objective adds a weighted soft Dice over the
   foreground classes (``dice_weight``) to the weighted soft-target cross-entropy.
-* **Replay.** Each batch mixes ``replay_per_batch`` slices of earlier images (from a
-  ``ReplayBuffer``, which keeps up to ``replay_slices_per_image`` slices of each of up to
-  ``replay_capacity`` images) with slices of this image; afterwards this image's slices
+* **Replay.** Each batch mixes at least ``replay_per_batch`` slices of earlier images (from
+  a ``ReplayBuffer``, which keeps up to ``replay_slices_per_image`` slices of each of up to
+  ``replay_capacity`` images), more as the buffer grows (``replay_balance``), with slices
+  of this image; afterwards this image's slices
   join the buffer (an accepted label replaces the image's earlier proxy entry).
 * **Loss and steps.** The ``online`` objective of ``learner.objective`` (weighted soft-target
   cross-entropy + ``dice_weight``·soft Dice + partial cross-entropy on user voxels +
@@ -96,7 +97,7 @@ class OnlineSettings:
     size: int = 128  # slices resized to size x size for training, inference and the gate (multiple of 16)
     batch_size: int = 4  # slices per optimiser step, replay included
     replay_per_batch: int = 2  # of those, slices from earlier images (at most batch_size − 1) when the buffer has any
-    replay_balance: bool = False  # more replay slots as the buffer grows (share n/(n+1) of the free slots for n images)
+    replay_balance: bool = True  # more replay slots as the buffer grows (share n/(n+1) of the free slots for n images)
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     confidence_mode: str = "map"  # "map": the proxy's confidence map; "schedule": σ(4(n/N − 0.5))
@@ -472,8 +473,11 @@ def train_online(
     """``steps`` optimiser steps on ``model`` (changed in place, left in eval mode).
 
     Each batch: ``batch_size − k`` slices of ``prepared`` drawn by their sampling
-    probabilities plus ``k = min(replay_per_batch, batch_size − 1)`` slices of other images
-    from ``replay`` (all from ``prepared`` while the buffer holds no other image).
+    probabilities plus ``k`` slices of other images from ``replay`` (all from ``prepared``
+    while the buffer holds no other image): ``k = min(replay_per_batch, batch_size − 1)``,
+    or with ``replay_balance`` and ``n`` other images in the buffer the larger of that and a
+    Binomial(batch_size − 1, n / (n + 1)) draw, so that batches come close to a uniform draw
+    over the images seen instead of giving the newest one a fixed share.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")

@@ -293,7 +293,7 @@ def test_update_mixes_replay_slices_into_every_batch(tmp_path):
     torch.manual_seed(3)
     model = build_network(tiny_config(2))
     image, label = disc_volume(6, shape=(3, 32, 32))
-    settings = OnlineSettings(size=32, batch_size=3, replay_per_batch=1)
+    settings = OnlineSettings(size=32, batch_size=3, replay_per_batch=1, replay_balance=False)
     prepared = prepare_image(OnlineExample(image, 2, proxy_labels=label), model, settings)
     replay = ReplayBuffer(tmp_path, capacity=2)
     replay.add("earlier", replay_slices(prepared, 2))
@@ -308,6 +308,21 @@ def test_update_mixes_replay_slices_into_every_batch(tmp_path):
 
     alone = train_online(model, prepared, settings, steps=2, num_classes=2, replay=replay, image_id="earlier")
     assert alone.replay_slices_used == 0  # its own entry is never replayed
+
+
+def test_balanced_replay_gives_earlier_images_their_share_of_the_batch(tmp_path):
+    torch.manual_seed(4)
+    model = build_network(tiny_config(2))
+    image, label = disc_volume(7, shape=(3, 32, 32))
+    settings = OnlineSettings(size=32, batch_size=4, replay_per_batch=1, replay_balance=True)
+    prepared = prepare_image(OnlineExample(image, 2, proxy_labels=label), model, settings)
+    replay = ReplayBuffer(tmp_path, capacity=10)
+    for name in ("a", "b", "c", "d", "e", "f", "g"):
+        replay.add(name, replay_slices(prepared, 2))
+    result = train_online(model, prepared, settings, steps=20, num_classes=2, replay=replay, image_id="now")
+    # 7 earlier images: each of the 3 free slots is replay with chance 7/8 (expected 52.5 of 60),
+    # never fewer than replay_per_batch, and one slot always holds this image.
+    assert 45 <= result.replay_slices_used <= 60 and result.replay_slices_used > 20 * settings.replay_per_batch
 
 
 def test_a_stopped_update_stores_no_version(tmp_path):
@@ -420,7 +435,8 @@ def test_a_job_on_a_rounds_outputs_raises_held_out_dice_and_one_on_an_inverted_p
     del inverted["scribble_path"]  # the user's own strokes would still be right
     job = TrainJob(project_id="p", image_id="other", round_id="1", num_classes=2,
                    reference_version=learned.version, validation=gate_images, steps=120,
-                   settings={"size": 32, "replay_per_batch": 0},  # replay alone can hold the model up
+                   settings={"size": 32, "replay_per_batch": 0, "replay_balance": False},  # replay alone
+                   # can hold the model up (and did in a run with it): this is about the gate
                    **inverted)
     wrong = run_train_job(job, registry, replay, device="cpu")
     assert not wrong.promoted, wrong.reason
