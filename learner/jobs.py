@@ -326,3 +326,10 @@ def run_train_job_at_paths(
     settings = OnlineSettings.from_dict(job.settings)
     replay = replay_at(job.replay_root, settings) if job.replay_root is not None else None
     return run_train_job(job, registry_at(job.registry_root), replay, progress=progress, should_stop=should_stop)
+
+
+def forget_replay(root: str | os.PathLike) -> None:
+    """Drop this process's replay buffer object for ``root``: the next job reads the buffer's
+    index from disk again (a Celery worker, after another worker may have written it)."""
+    with _open_lock:
+        _replays.pop(str(Path(root).resolve()), None)

@@ -20,7 +20,8 @@ Coordination through Redis (``JobCoordination``), with no database access here:
 - *started*: set atomically with the superseded check, so exactly one of "the job
   starts" and "a newer job supersedes it" happens;
 - *project lease*: the jobs of one project run one at a time across all workers (they
-  write the same model registry and replay buffer), each in a fresh pool process;
+  write the same model registry and replay buffer), and each job reads the replay
+  buffer's index afresh (the registry reads its manifest at every call anyway);
 - *lease*: the process running a job holds a lease on it, renewed by a heartbeat thread.
   A redelivered copy of the job (the broker's visibility timeout passed while it still
   ran) finds the lease held and is dropped without touching the job's state; after a
@@ -58,7 +59,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Loaded in the worker's parent process, before the pool forks, so that a job's time limit
 # does not count importing torch; nothing here touches CUDA (see _pin_device).
-from learner.jobs import TrainJob, registry_at, run_train_job_at_paths
+from learner.jobs import TrainJob, forget_replay, registry_at, run_train_job_at_paths
 from learner.online import UpdateCancelled
 
 log = logging.getLogger(__name__)
@@ -268,9 +269,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         task_soft_time_limit=settings.job_soft_time_limit,
         task_time_limit=settings.job_time_limit,
         worker_prefetch_multiplier=1,
-        # A fresh pool process per job: the replay buffer and registry objects a process keeps
-        # would not see what other workers wrote meanwhile.
-        worker_max_tasks_per_child=1,
+        worker_max_tasks_per_child=None,
         # Unacknowledged messages older than the visibility timeout (their worker died) are
         # looked for every 10 s (kombu's default throttle would make it about every 100 s).
         broker_transport_options={"visibility_timeout": settings.visibility_timeout,
@@ -320,6 +319,8 @@ def _train_task(task, payload: dict) -> dict:
         raise Ignore()
     try:
         lease.wait_for_project(job.project_id)
+        if job.replay_root is not None:
+            forget_replay(job.replay_root)  # another worker may have written it since this process read it
         return _run_leased(task, job, coordination)
     finally:
         lease.release()
