@@ -19,10 +19,12 @@ install: $(STAMP)
 test: $(STAMP)
 	bash tests/ensure_services.sh
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 serve: $(STAMP)
 	$(BIN)/scribbleflow serve --host 127.0.0.1 --port 8000

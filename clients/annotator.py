@@ -25,7 +25,7 @@ from skimage.morphology import skeletonize
 
 from clients.client import ScribbleflowClient
 from learner.metrics import dice_per_class
-from registration.volume import UNLABELLED, Volume, read_volume, write_volume_atomic
+from registration.io.volume import UNLABELLED, Volume, read_volume, write_volume_atomic
 from server import schemas
 
 POLICIES = ("residual", "random", "oracle")

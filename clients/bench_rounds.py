@@ -1,7 +1,7 @@
 """`python -m clients.bench_rounds`: the round computation with the corrective annotator, without a server.
 
 For each volume of a data directory, the simulated annotator (``clients.annotator``) corrects
-the answer of ``server.services.pipeline.compute_round`` for a few rounds on the slices the
+the answer of ``registration.round.compute_round`` for a few rounds on the slices the
 policy picks, with a stand-in for the model: ``uniform`` (an untrained model), ``truth``
 (the ground truth one-hot: a perfect model) or ``noisy`` (the truth shifted by a few pixels
 with a class dropped on a third of the slices, 0.85 one-hot + 0.15 uniform: a fair model).
@@ -23,9 +23,9 @@ import numpy as np
 from clients.annotator import NOTHING, choose_slice, corrective_scribble, mean_foreground_dice
 from learner.data import case_paths, load_case
 from learner.metrics import dice_per_class
+from registration.io.volume import UNLABELLED
 from registration.residual import opening_suggestion
-from registration.volume import UNLABELLED
-from server.services.pipeline import compute_round
+from registration.round import compute_round
 
 MODELS = ("uniform", "truth", "noisy")
 

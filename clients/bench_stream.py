@@ -55,7 +55,7 @@ from learner.inference import predict_volume
 from learner.metrics import dice_per_class
 from learner.train import TrainSettings
 from learner.train import train as train_model
-from registration.volume import Volume, read_volume, write_volume_atomic
+from registration.io.volume import Volume, read_volume, write_volume_atomic
 from server import schemas
 
 SERVER_STARTUP_SECONDS = 180

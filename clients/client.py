@@ -26,7 +26,7 @@ import httpx
 
 from server import schemas
 
-API = "/api/v1"
+API = schemas.API_PREFIX
 #: progress(bytes_sent) after each chunk of an upload
 UploadProgress = Callable[[int], None]
 

@@ -1,22 +1,25 @@
-"""The ``scribbleflow`` console script: the server's commands plus the clients' (bench stream).
+"""The ``scribbleflow`` console script: one parser over the commands of every layer.
 
-It lives in the top layer (clients -> server -> learner -> registration) so that the
-server's command line never imports clients."""
+It lives in the top layer (clients -> server -> learner -> registration) so that it may
+import the command modules of all of them (the lower layers' through
+``server.cli.COMMAND_MODULES``, and the clients' own: ``bench stream``) while no lower
+layer imports ``clients``. A new command module of the clients joins ``COMMAND_MODULES``
+here; one of a lower layer joins ``server.cli.COMMAND_MODULES``.
+"""
 
 from __future__ import annotations
 
 import sys
+from types import ModuleType
 
-from server.cli import build_parser
+from clients import commands as client_commands
+from server import cli
 
-#: Command modules of this layer, added to server.cli's.
-CLIENT_COMMAND_MODULES = ("clients.commands",)  # bench stream
+COMMAND_MODULES: tuple[ModuleType, ...] = (*cli.COMMAND_MODULES, client_commands)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(extra_modules=CLIENT_COMMAND_MODULES)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    return cli.run(cli.build_parser(COMMAND_MODULES), argv)
 
 
 if __name__ == "__main__":

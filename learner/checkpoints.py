@@ -16,7 +16,7 @@ import torch
 
 from learner.device import select_device
 from learner.networks import NetworkConfig, build_network
-from registration.atomic import atomic_target
+from registration.io.atomic import atomic_target
 
 CHECKPOINT_FORMAT = 1
 

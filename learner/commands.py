@@ -1,5 +1,6 @@
-"""``scribbleflow train`` and ``scribbleflow bench offline`` (argument parsing only; the work
-is in learner/train.py and learner/bench/offline.py). Heavy imports stay inside functions."""
+"""``scribbleflow train``, ``evaluate``, ``bench offline`` and ``bench propagate`` (argument
+parsing only; the work is in learner/train.py and learner/bench/). The modules doing the work
+import torch, so they are imported inside the command functions: ``--help`` stays fast."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace):
     """TrainSettings from the shared options; options left out keep TrainSettings' defaults."""
-    from learner.train import TrainSettings
+    from learner.train import TrainSettings  # start-up cost: torch only when a command runs
 
     given = {
         "minutes": args.minutes,
@@ -77,8 +78,51 @@ def settings_from_args(args: argparse.Namespace):
     return settings
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = [int(p) for p in text.replace("x", ",").split(",") if p]
+    if len(parts) != 3 or min(parts) < 2:
+        raise argparse.ArgumentTypeError("expected a (z, y, x) shape such as 155,240,240")
+    return parts[0], parts[1], parts[2]
+
+
+def _run_bench_propagate(args: argparse.Namespace) -> int:
+    from learner.bench import propagate as bench  # start-up cost: torch only when run
+
+    if args.data:
+        num_classes = args.num_classes or bench.dataset_num_classes(args.data)
+        total = len(bench.case_paths(args.data))
+        cases = bench.iter_data_cases(args.data)
+        source = str(args.data)
+    else:
+        shape = bench.LARGE_SHAPE if args.synthetic_large else args.synthetic_shape
+        num_classes = args.num_classes or 4
+        total = args.synthetic_count
+        cases = bench.iter_synthetic_cases(shape, args.synthetic_count, num_classes)
+        source = f"synthetic {'x'.join(map(str, shape))}"
+    result = bench.run_benchmark(
+        cases,
+        num_classes=num_classes,
+        slices=args.slices,
+        kind=args.input,
+        total=total,
+        repeats=args.repeats,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    result["data"] = source
+    path = bench.write_json(result, args.out)
+    calibration = result["calibration"]
+    print(
+        f"{source}: K={args.slices} {args.input}: mean Dice {result['mean_dice']:.3f} "
+        f"{ {k: round(v, 3) for k, v in result['per_class'].items()} }, "
+        f"latency p50 {result['latency_p50_s']:.3f} s p95 {result['latency_p95_s']:.3f} s, "
+        f"Dice confident/rest {calibration['dice_confident']} / {calibration['dice_rest']} -> {path}"
+    )
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
-    from learner.bench.offline import run_training
+    from learner.bench.offline import run_training  # start-up cost: torch only when run
 
     settings = settings_from_args(args)
     settings.checkpoint = args.out
@@ -89,16 +133,17 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_bench_offline(args: argparse.Namespace) -> int:
-    from learner.bench.offline import run_offline_benchmark
+    from learner.bench.offline import run_offline_benchmark  # start-up cost: torch only when run
 
-    report = run_offline_benchmark(args)
+    report = run_offline_benchmark(settings_from_args(args), args.train, args.val, args.test, args.out,
+                                   checkpoint=args.checkpoint, threads=args.threads)
     print(f"{report['method']}: test mean Dice {report['test']['mean_dice']:.4f}, "
           f"val {report['val']['mean_dice']:.4f}, {report['iterations']} iterations -> {args.out}")
     return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from learner.bench.offline import evaluate_checkpoint, write_report_json
+    from learner.bench.offline import evaluate_checkpoint, write_report_json  # start-up cost
 
     report = evaluate_checkpoint(args.checkpoint, args.data, postprocess=args.postprocess,
                                  device=args.device, threads=args.threads)
@@ -135,3 +180,30 @@ def register(subparsers, bench_subparsers) -> None:
     bench.add_argument("--out", required=True, help="result JSON path")
     bench.add_argument("--checkpoint", default=None, help="checkpoint path (default: the JSON path with .pt)")
     bench.set_defaults(func=_run_bench_offline)
+    _register_bench_propagate(bench_subparsers)
+
+
+def _register_bench_propagate(bench_subparsers) -> None:
+    parser = bench_subparsers.add_parser(
+        "propagate",
+        help="proxy Dice, confidence calibration and latency of slice propagation",
+        description="Simulate sparse input on K slices of each volume, propagate it to a 3D proxy "
+        "and score it against the ground truth.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="directory of ACDC-style *.h5 or images/ + labels/ NIfTI volumes")
+    source.add_argument(
+        "--synthetic-large",
+        action="store_true",
+        help="synthetic moving/deforming volumes of 155 x 240 x 240 voxels (latency benchmark)",
+    )
+    source.add_argument("--synthetic-shape", type=_shape, help="synthetic volumes of this (z,y,x) shape")
+    parser.add_argument("--slices", type=int, required=True, help="annotated slices per volume (K)")
+    parser.add_argument("--input", choices=("mask", "scribble"), default="mask")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--num-classes", type=int, help="default: 1 + largest label in the data (4 for synthetic)")
+    parser.add_argument("--synthetic-count", type=int, default=5, help="synthetic volumes (default 5)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed propagations per volume (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="scribble simulation seed")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=_run_bench_propagate)

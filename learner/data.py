@@ -6,7 +6,7 @@ Layouts (any directory, including data never seen before):
     (b) NIfTI pairs: ``DIR/images/NAME.nii.gz`` and ``DIR/labels/NAME.nii.gz`` (labels
         optional), read with SimpleITK whatever the pixel type; labels cast to integers.
 
-Scribbles are returned with ``registration.volume.UNLABELLED`` where nothing was drawn.
+Scribbles are returned with ``registration.io.volume.UNLABELLED`` where nothing was drawn.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from learner.preprocess import normalize_intensity, resize_images, resize_labels
-from registration.volume import UNLABELLED, Volume, read_volume
+from registration.io.volume import UNLABELLED, Volume, read_volume
 
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 

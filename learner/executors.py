@@ -88,7 +88,20 @@ class UnknownJob(KeyError):
     """No job with that id (never submitted, or forgotten long after it finished)."""
 
 
+#: runner(job, progress, should_stop) -> TrainResult (or a JSON-safe dict).
+JobRunner = Callable[[TrainJob, ProgressCallback, StopCheck], TrainResult | dict]
+#: on_change(status snapshot)
+StateCallback = Callable[[JobStatus], None]
+
+
 class Executor(Protocol):
+    """Everything the server needs from the place where jobs run.
+
+    An executor reports every state change of its jobs (and their progress) to the
+    ``on_change`` callback it was built with (``ExecutorFactory``), in the order they
+    happened, from one thread of its own.
+    """
+
     def submit(self, job: TrainJob) -> str:
         """Queue ``job``; returns its id. Raises QueueFull or RuntimeError after shutdown."""
         ...
@@ -101,15 +114,21 @@ class Executor(Protocol):
         """Cancel a queued job, or ask a running one to stop; False when already finished."""
         ...
 
+    def queue_depth(self) -> int:
+        """Jobs waiting to run (not counting running ones)."""
+        ...
+
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop taking jobs, cancel queued ones and the running one, optionally wait."""
         ...
 
 
-#: runner(job, progress, should_stop) -> TrainResult (or a JSON-safe dict).
-JobRunner = Callable[[TrainJob, ProgressCallback, StopCheck], TrainResult | dict]
-#: on_change(status snapshot)
-StateCallback = Callable[[JobStatus], None]
+class ExecutorFactory(Protocol):
+    """Builds an executor that reports to ``on_change``; the server builds a fresh one at
+    each start (``functools.partial(EmbeddedExecutor, max_queued=...)`` is one)."""
+
+    def __call__(self, *, on_change: StateCallback) -> Executor: ...
+
 
 _STOP = object()
 

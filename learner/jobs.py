@@ -8,7 +8,7 @@ File formats accepted for the job's arrays (all (z, y, x) in the image's voxel g
     image, proxy labels, confidence, scribble, accepted label: any format SimpleITK reads
         (NIfTI, NRRD, MHA, ...), or ``.npy`` / ``.npz`` (a single array);
     proxy probabilities (C, z, y, x): ``.npy`` / ``.npz``, or a 4D / vector-pixel image.
-Scribble files hold ``registration.volume.UNLABELLED`` where nothing was drawn.
+Scribble files hold ``registration.io.volume.UNLABELLED`` where nothing was drawn.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from learner.losses import (
     SoftTargetCrossEntropyLoss,
 )
 from learner.networks import NetworkConfig, SegmentationOutput
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 METHODS = ("pce", "pce_crf", "attention", "distill", "full", "online")
 #: Methods trained from scribbles (the others need dense labels or proxy targets).

@@ -53,7 +53,8 @@ from learner.data import augment_batch
 from learner.preprocess import normalize_intensity, resize_images, resize_labels
 from learner.replay import REPLAY_POLICIES, ReplayBuffer, SoftSlices
 from registration.fusion import model_reliability
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
+from registration.labels import one_hot
 
 #: Optimiser steps per online job unless a job says otherwise: what fits the annotation-to-model
 #: budget (90 s per accepted image on 2 CPU cores at size 128; docs/benchmarks.md).
@@ -168,13 +169,6 @@ def label_smoothing_target(previous: np.ndarray, proxy: np.ndarray, weight: np.n
     """
     w = np.clip(np.asarray(weight, dtype=np.float32), 0.0, 1.0)
     return ((1.0 - w) * previous + w * proxy).astype(np.float32)
-
-
-def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """int (...) in [0, C) -> float32 (C, ...); values outside [0, C) give all-zero columns."""
-    labels = np.asarray(labels)
-    classes = np.arange(num_classes).reshape((num_classes,) + (1,) * labels.ndim)
-    return (labels[None] == classes).astype(np.float32)
 
 
 def apply_user_labels(

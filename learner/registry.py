@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from registration.atomic import write_json_atomic
+from registration.io.atomic import write_json_atomic
 
 VERSION_STATUSES = ("serving", "retired", "candidate", "rejected")
 _MANIFEST = "manifest.json"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from registration.atomic import open_atomic, write_json_atomic
+from registration.io.atomic import open_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from skimage.draw import line
 from skimage.morphology import skeletonize
 from skimage.segmentation import find_boundaries
 
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 #: Fraction of a structure's half-thickness removed before taking its skeleton (seeded range).
 CORE_FRACTION_RANGE = (0.2, 0.5)

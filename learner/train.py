@@ -35,7 +35,7 @@ from learner.objective import (
 )
 from learner.postprocess import DEFAULT_POSTPROCESSING, POSTPROCESSING, postprocess_labels
 from learner.scribbles import ScribbleEffort, boundary_effort, simulate_scribbles
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 OPTIMIZERS = ("sgd", "adamw")
 #: Largest default training size (slices are resized to size x size, a multiple of 16): on a

@@ -1,6 +1,6 @@
 """Per-class intensity models learnt from annotated pixels, used to judge carried labels.
 
-Intensities are those of ``normalize_intensity`` (0..1). A model is a (C, bins) array of
+Intensities are those of ``normalize_intensity_sampled`` (0..1). A model is a (C, bins) array of
 smoothed, normalised histograms: ``model[c, b]`` = p(intensity in bin b | class c).
 """
 
@@ -12,9 +12,11 @@ import numpy as np
 BINS = 32
 
 
-def normalize_intensity(image: np.ndarray) -> np.ndarray:
+def normalize_intensity_sampled(image: np.ndarray) -> np.ndarray:
     """float32 copy of any real array with its 0.5th..99.5th percentiles mapped to 0..1
-    (clipped); a constant image becomes all zeros."""
+    (clipped); a constant image becomes all zeros. The percentiles are those of a strided
+    sample of at most about 200 000 voxels (fast on large volumes); the learner's
+    ``learner.preprocess.normalize_intensity`` uses every finite voxel instead."""
     image = np.asarray(image, dtype=np.float32)
     sample = image.ravel()[:: max(1, image.size // 200_000)]
     low, high = np.percentile(sample, [0.5, 99.5])

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from registration.appearance import normalize_intensity
+from registration.appearance import normalize_intensity_sampled
+from registration.labels import one_hot
 from registration.propagate import Proxy, labels_from_probabilities
-from registration.slice_propagation import one_hot
 
 #: Confidence of every voxel of an atlas proxy.
 ATLAS_CONFIDENCE = 0.25
@@ -43,8 +43,8 @@ def register_affine(
     """SimpleITK affine transform mapping fixed physical points onto the moving volume."""
     import SimpleITK as sitk
 
-    fixed = _to_image(normalize_intensity(fixed_zyx), fixed_spacing_zyx)
-    moving = _to_image(normalize_intensity(moving_zyx), moving_spacing_zyx)
+    fixed = _to_image(normalize_intensity_sampled(fixed_zyx), fixed_spacing_zyx)
+    moving = _to_image(normalize_intensity_sampled(moving_zyx), moving_spacing_zyx)
     initial = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
     )

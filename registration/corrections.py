@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 #: Smallest release radius around a stroke (pixels): clicks and short strokes still free
 #: the pixels next to them.

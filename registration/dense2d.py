@@ -29,10 +29,10 @@ from skimage.segmentation import watershed
 
 from registration.appearance import (
     class_intensity_model,
-    normalize_intensity,
+    normalize_intensity_sampled,
     reweight_by_intensity,
 )
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 #: Flooding regularity (skimage ``compactness``): 0 = pure watershed.
 COMPACTNESS = 1e-3
@@ -90,7 +90,7 @@ def densify_slice(
         border[:, [0, -1]] = True
         markers[border & ~seeded] = 1
 
-    normalized = normalize_intensity(image[None])[0]
+    normalized = normalize_intensity_sampled(image[None])[0]
     smoothed = ndimage.gaussian_filter(normalized, _smoothing_sigma(image.shape))
     relief = sobel(smoothed)
     if probabilities_cyx is not None:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from registration.io.volume import UNLABELLED
+from registration.labels import one_hot
 from registration.propagate import Proxy, labels_from_probabilities
-from registration.slice_propagation import one_hot
-from registration.volume import UNLABELLED
 
 #: Drawn voxels needed before agreement with them counts fully: with n drawn voxels the
 #: agreement is shrunk by n / (n + RELIABILITY_EVIDENCE) (a few clicks say little).

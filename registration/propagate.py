@@ -1,6 +1,6 @@
 """Sparse 2D annotations on a few slices -> a dense 3D proxy mask with a confidence map.
 
-Arrays are (z, y, x) (see ``registration.volume``). An annotation lies on slice ``index``
+Arrays are (z, y, x) (see ``registration.io.volume``). An annotation lies on slice ``index``
 along ``axis`` (0: a z-slice (y, x); 1: a y-slice (z, x); 2: an x-slice (z, y)); its labels
 have the shape of ``np.take(volume, index, axis)`` and hold 0..C-1, or ``UNLABELLED`` where
 the annotator said nothing.
@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from registration.appearance import normalize_intensity
-from registration.slice_propagation import AxisProxy, PropagationSettings, one_hot, propagate_axis
-from registration.volume import UNLABELLED
+from registration.appearance import normalize_intensity_sampled
+from registration.io.volume import UNLABELLED
+from registration.labels import one_hot
+from registration.slice_propagation import AxisProxy, PropagationSettings, propagate_axis
 
 __all__ = [
     "PropagationSettings",
@@ -140,7 +141,7 @@ def propagate_to_volume(
     labels = np.zeros(shape, dtype=np.uint8)
     confidence = np.zeros(shape, dtype=np.float32)
     if by_axis:
-        normalized = normalize_intensity(image)
+        normalized = normalize_intensity_sampled(image)
         results = {
             axis: propagate_axis(
                 np.moveaxis(normalized, axis, 0),

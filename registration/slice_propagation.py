@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from registration.appearance import class_intensity_model, reweight_by_intensity
 from registration.class_borders import hold_invisible_borders, invisible_border_groups
+from registration.labels import one_hot
 from registration.resample import resize_field, resize_linear, shrink_mean, warp_bilinear
 from registration.slice_registration import DemonsSettings, register_slice_pairs
 
@@ -108,14 +109,6 @@ class AxisProxy:
     box: tuple[slice, slice, slice]
     probabilities: np.ndarray
     confidence: np.ndarray
-
-
-def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """float32 (C, ...) one-hot of integer ``labels`` in 0..C-1."""
-    out = np.empty((num_classes,) + labels.shape, dtype=np.float32)
-    for cls in range(num_classes):
-        np.equal(labels, cls, out=out[cls])
-    return out
 
 
 def slice_confidence(length: int, annotated: list[int]) -> np.ndarray:

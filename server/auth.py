@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from server.errors import BadInput, Conflict, Forbidden, NotFound, Unauthorized
 from server.storage.db import utcnow
-from server.storage.models import ApiToken, User, UserToken
+from server.storage.tables import ApiToken, User, UserToken
 
 Role = Literal["annotator", "admin"]
 ROLES: tuple[str, ...] = ("annotator", "admin")

@@ -1,42 +1,47 @@
-"""The ``scribbleflow`` command line: one parser, sub-commands registered by their modules.
+"""The command line of the lower layers (``python -m server.cli``): the server's and the
+learner's commands in one parser. The ``scribbleflow`` console script is
+``clients.entry``, which adds the commands of the top layer to the same parser.
 
-Each command module exposes ``register(subparsers)`` which adds its parser and sets
-``func`` (called with the parsed arguments, returns an exit code). Command modules keep
-heavy imports (torch, SimpleITK) inside their functions so ``--help`` stays fast.
+Each command module exposes ``register(subparsers, bench_subparsers)`` which adds its
+parsers and sets ``func`` (called with the parsed arguments, returns an exit code).
+Command modules import heavy modules (torch, SimpleITK) inside their functions so that
+``--help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from collections.abc import Sequence
+from types import ModuleType
 
-# Modules whose register(subparsers, bench_subparsers) adds their commands.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "server.commands",  # serve, token
-    "server.db_commands",  # db upgrade, db current
-    "learner.commands",  # train, bench offline
-    "learner.worker_commands",  # worker (distributed mode)
-    "registration.commands",  # bench propagate
-)
+from learner import commands as learner_commands
+from learner import worker_commands
+from server import commands as server_commands
+from server import db_commands
+
+#: serve, token, user; db upgrade, db current; train, evaluate, bench offline, bench propagate;
+#: worker (distributed mode).
+COMMAND_MODULES: tuple[ModuleType, ...] = (server_commands, db_commands, learner_commands, worker_commands)
 
 
-def build_parser(extra_modules: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    """The parser of this layer's commands plus those of ``extra_modules`` (a higher layer's
-    command modules, e.g. clients/entry.py adds ``bench stream``)."""
-    parser = argparse.ArgumentParser(prog="scribbleflow", description=__doc__.splitlines()[0])
+def build_parser(modules: Sequence[ModuleType] = COMMAND_MODULES) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scribbleflow", description="On-premise server that learns to segment 3D medical images while radiologists annotate them.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     bench = subparsers.add_parser("bench", help="benchmarks that write JSON results")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    for module_name in _COMMAND_MODULES + tuple(extra_modules):
-        importlib.import_module(module_name).register(subparsers, bench_sub)
+    for module in modules:
+        module.register(subparsers, bench_sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

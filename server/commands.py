@@ -1,6 +1,9 @@
 """``scribbleflow serve``, ``scribbleflow token ...`` and ``scribbleflow user ...``: the server's
 command-line entry points.
 
+The server's modules are imported inside the command functions: parsing (``--help``) must
+not pay for FastAPI, SQLAlchemy and torch.
+
 Both read the same settings (``SCRIBBLEFLOW_*`` environment variables), so a token made
 with ``token create`` is valid for the server started with ``serve`` on the same data
 directory / database.
@@ -47,9 +50,11 @@ def register(subparsers, bench_subparsers) -> None:
 
 
 def _session_factory():
+    # start-up cost (module doc)
     from server.settings import Settings
     from server.storage.datastore import DataStore
-    from server.storage.db import create_schema, make_engine, make_session_factory
+    from server.storage.db import make_engine, make_session_factory
+    from server.storage.migrate import create_schema
 
     settings = Settings()
     DataStore(settings.resolved_data_dir)
@@ -59,6 +64,7 @@ def _session_factory():
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    # start-up cost (module doc)
     import logging
 
     import uvicorn
@@ -77,6 +83,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def token_create_command(args: argparse.Namespace) -> int:
+    # start-up cost (module doc)
     from server.auth import create_token
     from server.errors import ServiceError
 
@@ -94,6 +101,7 @@ def token_create_command(args: argparse.Namespace) -> int:
 
 
 def token_list_command(args: argparse.Namespace) -> int:
+    # start-up cost (module doc)
     from server.auth import list_tokens
 
     factory, engine = _session_factory()
@@ -106,6 +114,7 @@ def token_list_command(args: argparse.Namespace) -> int:
 
 
 def user_create_command(args: argparse.Namespace) -> int:
+    # start-up cost (module doc)
     import getpass
 
     from server.auth import create_user
@@ -132,6 +141,7 @@ def user_create_command(args: argparse.Namespace) -> int:
 
 
 def user_list_command(args: argparse.Namespace) -> int:
+    # start-up cost (module doc)
     from server.auth import list_users
 
     factory, engine = _session_factory()
@@ -144,6 +154,7 @@ def user_list_command(args: argparse.Namespace) -> int:
 
 
 def token_revoke_command(args: argparse.Namespace) -> int:
+    # start-up cost (module doc)
     from server.auth import revoke_token
     from server.errors import ServiceError
 

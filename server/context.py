@@ -10,14 +10,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
+import torch
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
+from learner.executors import EmbeddedExecutor, ExecutorFactory
 from server.metrics import Metrics
-from server.services.models import ModelHub
+from server.services.model_hub import ModelHub
 from server.services.training import TrainingService
 from server.settings import Settings
 from server.storage.datastore import DataStore
+from server.storage.db import make_engine, make_session_factory
+from server.storage.migrate import create_schema
 
 
 class ComputeSlots:
@@ -77,8 +81,6 @@ class ThreadPolicy:
 
     @contextmanager
     def interactive(self) -> Iterator[None]:
-        import torch  # the API imports torch anyway; deferred so that importing settings stays light
-
         torch.set_num_threads(self.interactive_threads())
         with self._lock:
             self._in_flight += 1
@@ -102,8 +104,6 @@ class ThreadPolicy:
 
     def before_training_step(self) -> None:
         """Called by the training thread before each optimiser step."""
-        import torch  # see interactive()
-
         wanted = self.training_threads_now()
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
@@ -135,30 +135,22 @@ class AppContext:
     image_locks: ImageLocks = field(default_factory=ImageLocks)
 
 
-def _embedded_executor(threads: ThreadPolicy, on_change):
-    """The in-process training executor, its steps under the server's thread policy."""
-    from learner.executors import EmbeddedExecutor
+def executor_factory(settings: Settings, threads: ThreadPolicy) -> ExecutorFactory:
+    """Where training jobs run: Celery workers when a broker is configured (distributed mode),
+    else the embedded executor, its steps under the server's thread policy. The training
+    service builds one executor from the factory at each start."""
+    if settings.broker_url:
+        # Imported only in distributed mode: the embedded server does not load celery.
+        from learner.celery_executor import CeleryExecutor
+        from learner.worker import WorkerSettings
 
-    return EmbeddedExecutor(on_change=on_change, progress_interval=1.0, before_step=threads.before_training_step)
-
-
-def _celery_executor_factory(settings: Settings):
-    """Distributed mode (issue 13): a CeleryExecutor when a broker is configured, else None.
-    A minimal selection, to be folded into the executor seam."""
-    if not settings.broker_url:
-        return None
-    # Imported only in distributed mode: the embedded server does not load celery.
-    from learner.celery_executor import CeleryExecutor
-    from learner.worker import WorkerSettings
-
-    worker_settings = WorkerSettings(broker_url=settings.broker_url, queue_prefix=settings.queue_prefix)
-    return lambda on_change: CeleryExecutor(worker_settings, on_change=on_change, progress_interval=1.0)
+        worker_settings = WorkerSettings(broker_url=settings.broker_url, queue_prefix=settings.queue_prefix)
+        return partial(CeleryExecutor, worker_settings, progress_interval=1.0)
+    return partial(EmbeddedExecutor, progress_interval=1.0, before_step=threads.before_training_step)
 
 
 def build_context(settings: Settings) -> AppContext:
     """Create the data directory and database schema if missing, and wire the services."""
-    from server.storage.db import create_schema, make_engine, make_session_factory
-
     datastore = DataStore(settings.resolved_data_dir)
     engine = make_engine(settings.resolved_database_url)
     create_schema(engine)
@@ -175,8 +167,6 @@ def build_context(settings: Settings) -> AppContext:
         metrics=metrics,
         compute=compute,
         hub=ModelHub(datastore, compute, prediction_cache_bytes=int(settings.prediction_cache_mb * 2**20)),
-        training=TrainingService(session_factory, datastore, metrics,
-                                 executor_factory=_celery_executor_factory(settings)
-                                 or partial(_embedded_executor, threads)),
+        training=TrainingService(session_factory, datastore, metrics, executor_factory(settings, threads)),
         threads=threads,
     )

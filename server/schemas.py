@@ -3,7 +3,7 @@
 Points arrive either as SimpleITK voxel indices (i, j, k) = (x, y, z) (``space="index"``)
 or as physical LPS millimetres (``space="physical"``); the service layer converts them
 once to array indices (z, y, x). Label values index the project's ``label_names``
-(0 = background). In label volumes, ``registration.volume.UNLABELLED`` (255) marks a
+(0 = background). In label volumes, ``registration.io.volume.UNLABELLED`` (255) marks a
 voxel without a label.
 """
 
@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Point3 = tuple[float, float, float]
 MAX_CHANNELS = 512  # widest UNet level a project may ask for
 PointSpace = Literal["index", "physical"]
+
+#: Where every route of the REST API lives (``GET /health`` and ``/metrics`` also at the root).
+API_PREFIX = "/api/v1"
 
 
 class Message(BaseModel):

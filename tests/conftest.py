@@ -155,7 +155,7 @@ def second_annotator_headers(app) -> dict[str, str]:
 
 def synthetic_volume(shape_zyx=(6, 32, 32), seed: int = 0):
     """A (z, y, x) float32 image with a bright disc and a ring, and its 3-class label."""
-    from registration.volume import Volume
+    from registration.io.volume import Volume
 
     rng = np.random.default_rng(seed)
     z, y, x = shape_zyx

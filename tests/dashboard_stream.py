@@ -24,8 +24,8 @@ import torch
 from clients.client import ScribbleflowClient
 from learner.jobs import load_array, registry_at
 from learner.registry import ValidationCase
+from registration.io.volume import UNLABELLED, Volume, write_volume_atomic
 from registration.synthetic import synthetic_volume
-from registration.volume import UNLABELLED, Volume, write_volume_atomic
 
 LABELS = ["ring", "core"]
 SHAPE_ZYX = (8, 32, 32)

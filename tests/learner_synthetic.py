@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from learner.scribbles import simulate_scribbles
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 
 def disk_and_ring(shape_zyx=(6, 40, 36), *, seed: int = 0, empty_slices: int = 1):

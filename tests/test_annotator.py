@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from registration.volume import UNLABELLED
+from server.services.pipeline import compute_round
 
 from clients.annotator import choose_slice, corrective_scribble, effort_of, usable_suggestion
 from registration.synthetic import synthetic_volume
-from registration.volume import UNLABELLED
 from server import schemas
-from server.services.pipeline import compute_round
 
 NUM_CLASSES = 3
 

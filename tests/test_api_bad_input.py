@@ -20,7 +20,7 @@ def _upload(client, project_id, headers, name, content):
 
 def assert_nothing_stored(app):
     """No image rows, no image folders, no temporary upload files."""
-    from server.storage.models import Image
+    from server.storage.tables import Image
 
     ctx = app.state.context
     with ctx.session_factory() as db:
@@ -187,7 +187,7 @@ def test_streamed_upload_over_the_size_limit_without_content_length(app, client,
 
 
 def test_physical_point_mapping_to_an_infinite_index_is_outside_the_volume():
-    from registration.volume import Volume
+    from registration.io.volume import Volume
     from server.errors import BadInput
     from server.services.interactions import to_zyx
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from registration.volume import read_volume
+from registration.io.volume import read_volume
 from tests.conftest import nifti_file, synthetic_volume, volume_bytes
 
 PATIENT_NAME = "DOE^JOHNATHAN"

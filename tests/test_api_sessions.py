@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from registration.volume import UNLABELLED, read_volume
+from registration.io.volume import UNLABELLED, read_volume
 from tests.conftest import volume_bytes
 
 API = "/api/v1"
@@ -208,7 +208,7 @@ def open_session_id(client, uploaded_image, annotator_headers) -> int:
 
 
 def send_labelmap(client, session_id, headers, array, geometry):
-    from registration.volume import Volume
+    from registration.io.volume import Volume
 
     target = Volume(array, geometry.spacing_xyz, geometry.origin_xyz, geometry.direction)
     return client.post(f"{API}/sessions/{session_id}/rounds/labelmap",

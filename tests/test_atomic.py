@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from registration.atomic import atomic_target, open_atomic, write_json_atomic
+from registration.io.atomic import atomic_target, open_atomic, write_json_atomic
 
 
 def _umask() -> int:

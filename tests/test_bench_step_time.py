@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from learner.bench.step_time import main, synthetic_batch
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 
 def test_synthetic_batch_has_every_class_scribbled():

@@ -8,7 +8,7 @@ import pytest
 from clients.annotator import SimulatedAnnotator, strokes_from_scribble
 from clients.cli import build_parser, upload_files
 from clients.client import ApiError, ScribbleflowClient
-from registration.volume import UNLABELLED, read_volume, write_volume_atomic
+from registration.io.volume import UNLABELLED, read_volume, write_volume_atomic
 from server import schemas
 from server.services import interactions
 from tests.conftest import make_token, synthetic_volume

@@ -126,8 +126,9 @@ def test_round_that_fails_after_its_files_were_written_leaves_nothing(
     """The session is taken over while the round computes (as another server process would):
     the round fails at its final check, after its files were written, and leaves no round
     row, no folder, no training job and no audit event."""
-    from server.services import sessions as session_service
     from server.storage.models import AnnotationSession, Image
+
+    from server.services import sessions as session_service
 
     _, label = volume_and_label
     session = open_session(client, uploaded_image, annotator_headers).json()

@@ -25,7 +25,8 @@ from clients.client import ScribbleflowClient
 from server.auth import create_token
 from server.settings import Settings
 from server.storage.datastore import DataStore
-from server.storage.db import create_schema, make_engine, make_session_factory
+from server.storage.db import make_engine, make_session_factory
+from server.storage.migrate import create_schema
 from tests.dashboard_stream import build_stream
 from tests.test_e2e_server import ServerProcess
 

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 
 from clients.annotator import SimulatedAnnotator
 from clients.client import ScribbleflowClient
-from registration.volume import write_volume_atomic
+from registration.io.volume import write_volume_atomic
 from tests.conftest import postgres_schema, synthetic_volume
 from tests.distributed_support import (
     REDIS_HOST,

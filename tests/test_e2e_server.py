@@ -23,7 +23,7 @@ import pytest
 
 from clients.annotator import SimulatedAnnotator
 from clients.client import ScribbleflowClient
-from registration.volume import Volume, read_volume, write_volume_atomic
+from registration.io.volume import Volume, read_volume, write_volume_atomic
 
 ACDC_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc" / "val"
 SPACING_XYZ = (1.5, 1.5, 10.0)

@@ -20,7 +20,7 @@ from learner.losses import (
 )
 from learner.losses.crf import crf_kernel_mass
 from learner.networks import AttentionState, NetworkConfig, SegmentationOutput, build_network
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 U = UNLABELLED
 

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, text
 
 from server.app import create_app
-from server.storage import models  # noqa: F401  (registers the tables on Base)
+from server.storage import tables  # noqa: F401  (registers the tables on Base)
 from server.storage.db import Base, make_engine
 from server.storage.migrate import (
     BASELINE_REVISION,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registration.volume import read_volume, write_volume_atomic
+from registration.io.volume import read_volume, write_volume_atomic
 from tests.conftest import synthetic_volume
 from tests.monailabel.venv import monailabel_python
 from tests.test_e2e_server import ServerProcess

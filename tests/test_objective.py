@@ -8,7 +8,7 @@ import torch
 from learner.networks import build_network
 from learner.objective import METHODS, ObjectiveWeights, build_objective, network_config_for, rampup
 from learner.train import training_step
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 NUM_CLASSES = 3
 SMALL = dict(channels=(4, 8, 16, 32), attention_dim=8)

@@ -17,6 +17,7 @@ from learner.inference import predict_labels
 from learner.jobs import TrainJob, ValidationImage, run_train_job
 from learner.metrics import dice_per_class
 from learner.networks import NetworkConfig, build_network
+from learner.objective import build_objective
 from learner.online import (
     DEFAULT_ONLINE_STEPS,
     OnlineExample,
@@ -24,7 +25,6 @@ from learner.online import (
     UpdateCancelled,
     apply_user_labels,
     label_smoothing_target,
-    predict_slices,
     prepare_image,
     proxy_target,
     replay_slices,
@@ -32,12 +32,11 @@ from learner.online import (
     train_online,
     trusted_target,
 )
-from learner.objective import build_objective
 from learner.preprocess import normalize_intensity, resize_images, resize_labels
 from learner.registry import ModelRegistry
 from learner.replay import ReplayBuffer, SoftSlices
 from learner.train import training_step
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 TINY_CHANNELS = (4, 8, 16, 32, 64)
 
@@ -385,9 +384,10 @@ def test_an_online_job_learns_a_disc_from_a_random_start(tmp_path):
 def round_job_files(folder: Path, volume, model, name: str, num_classes: int = 2) -> dict[str, str]:
     """Strokes on two slices -> ``compute_round`` (the server's round) with ``model``'s prediction;
     the files a round job names."""
+    from server.services.pipeline import compute_round
+
     from learner.inference import predict_volume
     from learner.scribbles import simulate_scribbles
-    from server.services.pipeline import compute_round
 
     first, last = volume.present
     slices = [first + (last - first) // 3, first + 2 * (last - first) // 3]

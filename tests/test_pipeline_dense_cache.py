@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from registration.volume import UNLABELLED
 
 from registration.dense2d import densify_slice
-from registration.volume import UNLABELLED
 from server.services import pipeline
 
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from registration.bench import choose_axis, choose_slices
+from learner.bench.propagate import choose_axis, choose_slices
+from registration.io.volume import Volume, write_volume_atomic
 from registration.synthetic import synthetic_volume
-from registration.volume import Volume, write_volume_atomic
 from server.cli import main
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from registration.dense2d import densify_slice, refine_by_appearance
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 
 def _image_and_truth():

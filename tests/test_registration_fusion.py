@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from registration.fusion import fuse_with_model, model_reliability
+from registration.io.volume import UNLABELLED
 from registration.propagate import SliceAnnotation, propagate_to_volume
 from registration.synthetic import synthetic_volume
-from registration.volume import UNLABELLED
 
 SHAPE = (24, 40, 32)  # non-cubic on purpose
 NUM_CLASSES = 3

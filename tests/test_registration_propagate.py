@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from registration.bench import choose_slices
+from learner.bench.propagate import choose_slices
 from registration.class_borders import hold_invisible_borders, invisible_border_groups
+from registration.io.volume import UNLABELLED
 from registration.propagate import SliceAnnotation, labels_from_probabilities, propagate_to_volume
 from registration.resample import warp_bilinear
 from registration.slice_propagation import PropagationSettings, demons_for_distance
 from registration.slice_registration import DemonsSettings, register_slice_pairs
 from registration.synthetic import synthetic_volume
-from registration.volume import UNLABELLED
 
 
 def dice(a: np.ndarray, b: np.ndarray, cls: int) -> float:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from registration.fusion import fuse_with_model
+from registration.io.volume import UNLABELLED
 from registration.propagate import SliceAnnotation, propagate_to_volume
 from registration.residual import (
     OPEN_MIN_RELIABILITY,
@@ -14,7 +15,6 @@ from registration.residual import (
     suggest_next_interaction,
 )
 from registration.synthetic import synthetic_volume
-from registration.volume import UNLABELLED
 
 SHAPE = (30, 40, 36)  # non-cubic on purpose
 NUM_CLASSES = 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from registration.volume import Volume, read_volume, write_volume_atomic
+from registration.io.volume import Volume, read_volume, write_volume_atomic
 
 
 def test_write_read_keeps_zyx_order_and_geometry(tmp_path):

@@ -13,7 +13,13 @@ from learner.checkpoints import save_checkpoint
 from learner.networks import build_network
 from learner.objective import build_objective
 from learner.preprocess import normalize_intensity, resize_images, resize_labels
-from learner.registry import CheckpointMismatch, ModelRegistry, RegistryError, ValidationCase, mean_validation_dice
+from learner.registry import (
+    CheckpointMismatch,
+    ModelRegistry,
+    RegistryError,
+    ValidationCase,
+    mean_validation_dice,
+)
 from learner.train import training_step
 from tests.test_online import disc_volume, one_torch_thread, tiny_config  # noqa: F401 (fixture)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from learner.scribbles import boundary_effort, simulate_scribbles
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 from tests.learner_synthetic import disk_and_ring
 
 

@@ -49,7 +49,7 @@ def test_wrong_role_is_403(client, annotator_headers, uploaded_image):
 
 
 def test_tokens_are_stored_hashed_and_can_be_revoked(app, client, admin_headers):
-    from server.storage.models import ApiToken
+    from server.storage.tables import ApiToken
 
     response = client.post("/api/v1/admin/tokens", json={"role": "annotator", "owner": "dave"},
                            headers=admin_headers)

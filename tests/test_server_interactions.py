@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from registration.volume import UNLABELLED, Volume
+from registration.io.volume import UNLABELLED, Volume
 from server import schemas
 from server.errors import BadInput
 from server.services import interactions

@@ -17,7 +17,14 @@ import os
 import time
 from pathlib import Path
 
-from registration.atomic import write_json_atomic
+import torch
+
+from learner.checkpoints import load_checkpoint
+from learner.data import load_cases
+from learner.device import select_device
+from learner.postprocess import DEFAULT_POSTPROCESSING
+from learner.train import evaluate, train
+from registration.io.atomic import write_json_atomic
 
 
 def _json_safe(value):
@@ -36,12 +43,6 @@ def write_report_json(data: dict, path: str | os.PathLike) -> Path:
 
 def run_training(settings, train_dir: str, val_dir: str, test_dir: str | None, threads: int | None = None) -> dict:
     """Load the directories, train, evaluate the best model on val (and test); the report dict."""
-    import torch
-
-    from learner.data import load_cases
-    from learner.device import select_device
-    from learner.train import evaluate, train
-
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -86,14 +87,13 @@ def run_training(settings, train_dir: str, val_dir: str, test_dir: str | None, t
     return report
 
 
-def run_offline_benchmark(args) -> dict:
-    """``scribbleflow bench offline``: train, score val and test, write ``args.out``."""
-    from learner.commands import settings_from_args
-
-    settings = settings_from_args(args)
-    settings.checkpoint = args.checkpoint or str(Path(args.out).with_suffix(".pt"))
-    report = run_training(settings, args.train, args.val, args.test, threads=args.threads)
-    write_report_json(report, args.out)
+def run_offline_benchmark(settings, train_dir: str, val_dir: str, test_dir: str, out: str | os.PathLike, *,
+                          checkpoint: str | None = None, threads: int | None = None) -> dict:
+    """``scribbleflow bench offline``: train with ``settings`` (a ``TrainSettings``), score val
+    and test, write the report to ``out``; the checkpoint defaults to ``out`` with ``.pt``."""
+    settings.checkpoint = checkpoint or str(Path(out).with_suffix(".pt"))
+    report = run_training(settings, train_dir, val_dir, test_dir, threads=threads)
+    write_report_json(report, out)
     return report
 
 
@@ -103,14 +103,6 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str, *, postprocess: str | No
     data, postprocess, size, num_classes, metadata, device, scores: learner.metrics.summarize + hd95_unit}.
     ``postprocess`` None = the one the checkpoint was validated with (its metadata), else
     learner.postprocess.DEFAULT_POSTPROCESSING."""
-    import torch
-
-    from learner.checkpoints import load_checkpoint
-    from learner.data import load_cases
-    from learner.device import select_device
-    from learner.postprocess import DEFAULT_POSTPROCESSING
-    from learner.train import evaluate
-
     if threads:
         torch.set_num_threads(threads)
     target = select_device(device)

@@ -37,15 +37,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from learner.bench.propagate import choose_axis, choose_slices
 from learner.data import Case, case_paths, load_case
 from learner.jobs import TrainJob, ValidationImage, run_train_job
 from learner.online import OnlineSettings
 from learner.registry import ModelRegistry, ValidationCase, mean_validation_dice
 from learner.replay import ReplayBuffer
-from registration.atomic import write_json_atomic
-from registration.bench import choose_axis, choose_slices
+from registration.io.atomic import write_json_atomic
+from registration.io.volume import UNLABELLED
 from registration.propagate import SliceAnnotation, propagate_to_volume
-from registration.volume import UNLABELLED
 
 
 def log(message: str) -> None:

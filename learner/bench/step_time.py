@@ -23,7 +23,7 @@ LAYOUTS = ("channels_last", "contiguous")
 def synthetic_batch(size: int, batch: int, num_classes: int, seed: int = 0) -> dict:
     import torch
 
-    from registration.volume import UNLABELLED
+    from registration.io.volume import UNLABELLED
 
     generator = torch.Generator().manual_seed(seed)
     image = torch.rand(batch, 1, size, size, generator=generator)

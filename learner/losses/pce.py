@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from registration.volume import UNLABELLED
+from registration.io.volume import UNLABELLED
 
 
 class PartialCrossEntropyLoss(nn.Module):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from server.api import admin, dashboard, deps, health, images, jobs, models, projects, sessions
-
-API_PREFIX = "/api/v1"
+from server.schemas import API_PREFIX
 
 
 def build_router() -> APIRouter:

@@ -9,7 +9,7 @@ from server import schemas
 from server.api.deps import Ctx, end_transaction, nifti_response, save_upload
 from server.auth import AdminUser, CurrentUser, Db
 from server.errors import NotFound
-from server.services import audit, projects, sessions
+from server.services import audit, history, projects, responses
 from server.services import images as image_service
 
 router = APIRouter(tags=["images"])
@@ -83,7 +83,7 @@ def delete_image(image_id: int, ctx: Ctx, db: Db, user: AdminUser) -> None:
             summary="Every round of the image, undone ones included")
 def list_rounds(image_id: int, db: Db, _user: CurrentUser) -> list[schemas.RoundOut]:
     image_service.get_image(db, image_id)
-    return [sessions.round_out(db, r) for r in sessions.list_rounds(db, image_id)]
+    return [responses.round_out(db, r) for r in history.list_rounds(db, image_id)]
 
 
 @router.get("/images/{image_id}/audit", response_model=list[schemas.AuditOut],

@@ -8,8 +8,8 @@ from fastapi.responses import FileResponse
 from server import schemas
 from server.api.deps import Ctx, end_transaction, nifti_response, save_upload
 from server.auth import CurrentUser, Db
+from server.services import history, responses, rounds, sessions
 from server.services import images as image_service
-from server.services import sessions
 
 # A client that retries a round (timeout, server restart) with the same key gets the same round.
 IDEMPOTENCY_KEY = Header(None, alias="Idempotency-Key", min_length=1, max_length=200,
@@ -30,12 +30,12 @@ def open_session(
     takeover = request.takeover if request else False
     with ctx.threads.interactive():
         session = sessions.open_session(ctx, db, user, image, takeover)
-    return sessions.session_out(db, session)
+    return responses.session_out(db, session)
 
 
 @router.get("/sessions/{session_id}", response_model=schemas.SessionOut)
 def get_session(session_id: int, db: Db, _user: CurrentUser) -> schemas.SessionOut:
-    return sessions.session_out(db, sessions.get_session(db, session_id))
+    return responses.session_out(db, sessions.get_session(db, session_id))
 
 
 @router.post("/sessions/{session_id}/rounds", response_model=schemas.RoundOut, status_code=201,
@@ -46,8 +46,8 @@ def add_round(
 ) -> schemas.RoundOut:
     session = sessions.get_session(db, session_id)
     with ctx.threads.interactive():
-        row = sessions.add_round(ctx, db, user, session, request, idempotency_key)
-    return sessions.round_out(db, row)
+        row = rounds.add_round(ctx, db, user, session, request, idempotency_key)
+    return responses.round_out(db, row)
 
 
 @router.post(
@@ -63,18 +63,18 @@ def add_labelmap_round(
     path = save_upload(ctx, file)
     try:
         with ctx.threads.interactive():
-            row = sessions.add_labelmap_round(ctx, db, user, session, path, file.filename, idempotency_key)
+            row = rounds.add_labelmap_round(ctx, db, user, session, path, file.filename, idempotency_key)
     finally:
         path.unlink(missing_ok=True)
-    return sessions.round_out(db, row)
+    return responses.round_out(db, row)
 
 
 @router.post("/sessions/{session_id}/undo", response_model=schemas.SessionOut,
              summary="Undo the image's latest round")
 def undo(session_id: int, ctx: Ctx, db: Db, user: CurrentUser) -> schemas.SessionOut:
     session = sessions.get_session(db, session_id)
-    sessions.undo(ctx, db, user, session)
-    return sessions.session_out(db, session)
+    rounds.undo(ctx, db, user, session)
+    return responses.session_out(db, session)
 
 
 @router.post("/sessions/{session_id}/accept", response_model=schemas.AcceptOut,
@@ -84,7 +84,7 @@ def accept(session_id: int, ctx: Ctx, db: Db, user: CurrentUser) -> schemas.Acce
     with ctx.threads.interactive():
         session, image, job = sessions.accept(ctx, db, user, session)
     return schemas.AcceptOut(
-        session=sessions.session_out(db, session), image=image_service.image_out(image),
+        session=responses.session_out(db, session), image=image_service.image_out(image),
         job_id=job.id if job else None,
     )
 
@@ -93,7 +93,7 @@ def accept(session_id: int, ctx: Ctx, db: Db, user: CurrentUser) -> schemas.Acce
              summary="Release the lease without accepting")
 def close(session_id: int, ctx: Ctx, db: Db, user: CurrentUser) -> schemas.SessionOut:
     session = sessions.close(ctx, db, user, sessions.get_session(db, session_id))
-    return sessions.session_out(db, session)
+    return responses.session_out(db, session)
 
 
 @router.get("/sessions/{session_id}/{name}", response_class=FileResponse,
@@ -106,12 +106,12 @@ def session_file(session_id: int, name: str, ctx: Ctx, db: Db, _user: CurrentUse
 
 @router.get("/rounds/{round_id}", response_model=schemas.RoundOut)
 def get_round(round_id: int, db: Db, _user: CurrentUser) -> schemas.RoundOut:
-    return sessions.round_out(db, sessions.get_round(db, round_id))
+    return responses.round_out(db, history.get_round(db, round_id))
 
 
 @router.get("/rounds/{round_id}/{name}", response_class=FileResponse,
             summary="Download a round's segmentation, residual, scribble, input, proxy or confidence (NIfTI)")
 def round_file(round_id: int, name: str, ctx: Ctx, db: Db, _user: CurrentUser) -> FileResponse:
-    row = sessions.get_round(db, round_id)
+    row = history.get_round(db, round_id)
     end_transaction(db)
-    return nifti_response(sessions.round_file(ctx, row, name), f"round-{round_id}-{name}.nii.gz")
+    return nifti_response(rounds.round_file(ctx, row, name), f"round-{round_id}-{name}.nii.gz")

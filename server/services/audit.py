@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.auth import Principal
-from server.storage.models import AuditEvent
+from server.storage.tables import AuditEvent
 
 ACTIONS = (
     "project_create",

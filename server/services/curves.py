@@ -6,16 +6,16 @@ from sqlalchemy.orm import Session
 
 from server import schemas
 from server.context import AppContext
-from server.services import images, sessions, training
+from server.services import history, images, training
 from server.services.models import version_out
-from server.storage.models import Project
+from server.storage.tables import Project
 
 
 def learning_curve(ctx: AppContext, db: Session, project: Project) -> schemas.LearningCurve:
     versions = [version_out(r) for r in ctx.hub.versions(project.id)]
     image_curves = []
     for image in images.list_images(db, project.id):
-        active = [r for r in sessions.list_rounds(db, image.id) if r.undone_at is None]
+        active = [r for r in history.list_rounds(db, image.id) if r.undone_at is None]
         effort = schemas.Effort()
         for row in active:
             for key, value in row.effort.items():

@@ -21,7 +21,7 @@ from server.context import AppContext
 from server.metrics import ProjectState
 from server.services import curves, images, projects
 from server.storage.db import utcnow
-from server.storage.models import Image, Project, Round
+from server.storage.tables import Image, Project, Round
 
 ROUND_LATENCY_WINDOW = timedelta(hours=1)
 

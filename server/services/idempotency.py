@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.storage.models import Round
+from server.storage.tables import Round
 
 
 def keyed_round(db: Session, session_id: int, key: str | None) -> Round | None:

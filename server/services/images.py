@@ -10,20 +10,23 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registration.volume import Volume
+from learner.jobs import replay_at
+from learner.online import OnlineSettings
+from registration.io.volume import Volume
 from server import schemas
 from server.auth import Principal
 from server.errors import BadInput, NotFound
 from server.services import audit
 from server.services.uploads import read_upload, strip_format_suffix
 from server.storage.datastore import DataStore
-from server.storage.models import Image, Project
+from server.storage.tables import Image, Project
 
 log = logging.getLogger(__name__)
-API = "/api/v1"
+API = schemas.API_PREFIX
 
 
 def get_image(db: Session, image_id: int) -> Image:
@@ -41,8 +44,6 @@ def list_images(db: Session, project_id: int) -> list[Image]:
 
 def image_geometry(image: Image) -> Volume:
     """An empty-array Volume carrying the image's geometry (for coordinate conversion)."""
-    import numpy as np
-
     return Volume(
         np.empty(tuple(image.shape_zyx), dtype=np.uint8),
         tuple(image.spacing_xyz),
@@ -128,9 +129,6 @@ def delete_image(db: Session, ctx, principal: Principal, image: Image) -> None:
 
     Queued training jobs of the image are cancelled and its slices leave the replay buffer.
     """
-    from learner.jobs import replay_at
-    from learner.online import OnlineSettings
-
     db.commit()  # never wait for the image lock while holding a transaction
     # Under the image lock: a round still computing cannot recreate the folder after delete.
     with ctx.image_locks(image.id):
@@ -143,7 +141,7 @@ def delete_image(db: Session, ctx, principal: Principal, image: Image) -> None:
         db.delete(image)
         db.commit()
         ctx.training.cancel_image_jobs(image_id)
-        replay_root = datastore.project_dir(project_id) / "replay"
+        replay_root = datastore.replay_dir(project_id)
         if replay_root.exists():
             replay_at(replay_root, OnlineSettings.from_dict(project.learning["online"])).remove(str(image_id))
         datastore.remove_tree(folder)

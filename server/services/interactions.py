@@ -1,7 +1,7 @@
 """User input of a round turned into seed labels on the image's voxel grid (pure NumPy).
 
 Points arrive as SimpleITK voxel indices (i, j, k) or physical LPS millimetres and are
-converted here, once, to array indices (z, y, x) with ``registration.volume.Volume``.
+converted here, once, to array indices (z, y, x) with ``registration.io.volume.Volume``.
 A stroke is a polyline painted with a disc brush of ``radius`` voxels in its plane: the
 array axis along which all its points share one index (z preferred), or z-slices when
 the points leave every plane. A click paints a small disc; a negative click on label L
@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
-from registration.volume import UNLABELLED, Volume
+from registration.io.volume import UNLABELLED, Volume
 from server import schemas
 from server.errors import BadInput
 
@@ -198,8 +199,6 @@ def labelmap_input(array: np.ndarray, geometry: Volume, num_classes: int) -> Pai
 
 def count_strokes(seeds: np.ndarray) -> int:
     """8-connected components per label per z-slice: what a user would have drawn as strokes."""
-    from scipy import ndimage
-
     eight_connected = np.ones((3, 3), dtype=bool)  # a one-pixel diagonal line is one stroke
     total = 0
     for z in np.flatnonzero(np.any(seeds != UNLABELLED, axis=(1, 2))):

@@ -41,15 +41,16 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registration.volume import UNLABELLED, Volume, write_volume_atomic
+from registration.io.volume import UNLABELLED, Volume, write_volume_atomic
 from server import schemas
 from server.auth import Principal
 from server.context import AppContext
 from server.errors import BadInput, Conflict, NotFound
-from server.services import images, projects, sessions, stream
+from server.services import history, images, projects, rounds, sessions, stream
+from server.services.records import ROUND_FILES, SESSION_FILES
 from server.services.uploads import read_upload, strip_format_suffix
 from server.settings import Settings
-from server.storage.models import AnnotationSession, AuditEvent, Image, Project, Round, TrainingJob
+from server.storage.tables import AnnotationSession, AuditEvent, Image, Project, Round, TrainingJob
 
 BACKGROUND = "background"
 FINAL_TAG = "final"
@@ -166,7 +167,7 @@ def image_info(ctx: AppContext, image: Image, key: str, checksum: bool = False) 
         "scribbleflow": {
             "image_id": image.id, "status": image.status, "stream_position": image.stream_position,
             "is_validation": image.is_validation, "shape_zyx": list(image.shape_zyx),
-            "links": {"self": f"/api/v1/images/{image.id}"},
+            "links": {"self": f"{schemas.API_PREFIX}/images/{image.id}"},
         },
     }
     if checksum:
@@ -253,7 +254,7 @@ def info(ctx: AppContext, db: Session, project: Project | None, version: str) ->
         "train_stats": {TRAINER: _serving_stats(ctx, project)},
         "datastore": datastore_stats(db, project),
         "scribbleflow": {"project_id": project.id, "project": project.name, "label_names": names,
-                         "api": "/api/v1"},
+                         "api": schemas.API_PREFIX},
     }
 
 
@@ -464,12 +465,12 @@ def infer(
     if seeds is not None:
         row = _labelmap_round(ctx, db, principal, session, volume, seeds)
     elif round_request is not None:
-        row = sessions.add_round(ctx, db, principal, session, round_request)
-    current = row or sessions.active_round(db, image.id)
+        row = rounds.add_round(ctx, db, principal, session, round_request)
+    current = row or history.active_round(db, image.id)
     if current is not None:
-        source = f"{current.dir}/{sessions.ROUND_FILES['segmentation']}"
+        source = f"{current.dir}/{ROUND_FILES['segmentation']}"
     else:
-        source = f"{session.dir}/{sessions.SESSION_FILES['prediction']}"
+        source = f"{session.dir}/{SESSION_FILES['prediction']}"
     segmentation = ctx.datastore.read_volume(source).array.astype(np.uint8)
     computed = time.perf_counter()
 
@@ -502,7 +503,7 @@ def _labelmap_round(
 ) -> Round:
     with tempfile.TemporaryDirectory(dir=ctx.datastore.tmp_dir) as tmp:
         path = write_volume_atomic(volume, Path(tmp) / "scribbles.nii.gz", seeds)
-        return sessions.add_labelmap_round(ctx, db, principal, session, path, path.name)
+        return rounds.add_labelmap_round(ctx, db, principal, session, path, path.name)
 
 
 def encode_result(answer: InferAnswer, params: dict[str, Any]) -> tuple[bytes, str]:
@@ -600,7 +601,7 @@ def train_start(ctx: AppContext, db: Session, principal: Principal, project: Pro
     files = {"accepted_label": store.resolve(image.accepted_path)}
     accepted_round = db.get(Round, image.accepted_round_id) if image.accepted_round_id else None
     if accepted_round is not None:
-        files["scribble"] = store.resolve(f"{accepted_round.dir}/{sessions.ROUND_FILES['scribble']}")
+        files["scribble"] = store.resolve(f"{accepted_round.dir}/{ROUND_FILES['scribble']}")
     job = ctx.training.submit(db, principal, project, image, trigger="train", round_id=image.accepted_round_id,
                               files=files, reference_version=None)
     if job is None:

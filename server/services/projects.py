@@ -10,20 +10,19 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from learner.online import OnlineSettings, check_setting_change
 from server import schemas
 from server.auth import Principal
 from server.errors import BadInput, Conflict, NotFound
 from server.services import audit
-from server.services.models import ModelHub
+from server.services.model_hub import ModelHub
 from server.settings import Settings
-from server.storage.models import Image, Project
+from server.storage.tables import Image, Project
 
 BACKGROUND = "background"
 
 
 def default_learning(settings: Settings) -> dict[str, Any]:
-    from learner.online import OnlineSettings
-
     online = OnlineSettings(
         size=settings.model_size,
         promotion_tolerance=settings.promotion_tolerance,
@@ -41,8 +40,6 @@ def default_learning(settings: Settings) -> dict[str, Any]:
 
 def merged_learning(current: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
     """``current`` with the fields of ``change`` (``online`` merged per key), validated."""
-    from learner.online import OnlineSettings, check_setting_change
-
     merged = copy.deepcopy(current)
     for key, value in change.items():
         if value is None:

@@ -6,11 +6,12 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registration.round import uncertainty_map
 from server.auth import Principal
 from server.context import AppContext
-from server.services import images, pipeline, projects
+from server.services import images, projects
 from server.storage.db import utcnow
-from server.storage.models import AnnotationSession, Image, Project
+from server.storage.tables import AnnotationSession, Image, Project
 
 
 def _candidates(db: Session, principal: Principal, project: Project) -> list[Image]:
@@ -52,7 +53,7 @@ def next_image(ctx: AppContext, db: Session, principal: Principal, project: Proj
         scored_version, probabilities = ctx.hub.predict(
             project.id, image.id, volume.array, projects.model_size(project)
         )
-        scores[image.id] = (scored_version, float(np.mean(pipeline.uncertainty_map(probabilities))))
+        scores[image.id] = (scored_version, float(np.mean(uncertainty_map(probabilities))))
     for image_id, (scored_version, score) in scores.items():
         row = db.get(Image, image_id)
         if row is not None:

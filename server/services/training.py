@@ -18,10 +18,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from learner.executors import Executor, ExecutorFactory, JobStatus, QueueFull, UnknownJob
+from learner.jobs import TrainJob, ValidationImage
 from server.auth import Principal
+from server.errors import NotFound
 from server.metrics import Metrics
 from server.storage.datastore import DataStore
-from server.storage.models import Image, Project, TrainingJob
+from server.storage.tables import Image, Project, TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +32,24 @@ ACTIVE_STATES = ("queued", "running")
 
 
 class TrainingService:
-    def __init__(self, session_factory: sessionmaker, datastore: DataStore, metrics: Metrics,
-                 executor_factory=None):
-        # executor_factory(on_change) -> Executor; None: the embedded executor (see server/context.py)
-        self._executor_factory = executor_factory
+    """Jobs of every project: submitted to the executor that ``make_executor`` builds at each
+    start (``server.context`` picks it from the settings), their state kept in the database."""
+
+    def __init__(
+        self, session_factory: sessionmaker, datastore: DataStore, metrics: Metrics, make_executor: ExecutorFactory
+    ):
         self._session_factory = session_factory
         self._datastore = datastore
         self._metrics = metrics
-        self._executor = None
+        self._make_executor = make_executor
+        self._executor: Executor | None = None
         self._stopping = threading.Event()
 
     # --- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        from learner.executors import EmbeddedExecutor
-
         self._stopping.clear()
-        if self._executor_factory is not None:
-            self._executor = self._executor_factory(self._on_change)
-        else:
-            self._executor = EmbeddedExecutor(on_change=self._on_change, progress_interval=1.0)
+        self._executor = self._make_executor(on_change=self._on_change)
         self._resubmit_unfinished()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -61,8 +62,6 @@ class TrainingService:
 
     def cancel_image_jobs(self, image_id: int) -> None:
         """Cancel the queued and running jobs of an image (e.g. it was deleted)."""
-        from learner.executors import UnknownJob
-
         with self._session_factory() as db:
             ids = list(db.scalars(select(TrainingJob.executor_id).where(
                 TrainingJob.image_id == image_id, TrainingJob.state.in_(ACTIVE_STATES))))
@@ -93,8 +92,6 @@ class TrainingService:
         reference_version: int | None,
     ) -> TrainingJob | None:
         """Queue a job for ``image`` (None for validation images); commits its row first."""
-        from learner.jobs import TrainJob, ValidationImage
-
         if image.is_validation:
             return None
         learning = project.learning
@@ -132,7 +129,7 @@ class TrainingService:
             steps=int(learning["steps"]),
             settings=dict(learning["online"]),
             registry_root=str(store.models_dir(project.id)),
-            replay_root=str(store.project_dir(project.id) / "replay"),
+            replay_root=str(store.replay_dir(project.id)),
         )
         row = TrainingJob(
             project_id=project.id,
@@ -150,9 +147,7 @@ class TrainingService:
         self._send(job)
         return row
 
-    def _send(self, job) -> None:
-        from learner.executors import QueueFull
-
+    def _send(self, job: TrainJob) -> None:
         if self._executor is None:
             return  # not started (e.g. a command-line use): stays queued for the next start
         try:
@@ -161,8 +156,6 @@ class TrainingService:
             self._record(job.job_id, {"state": "failed", "message": f"not queued: {exc}"})
 
     def _resubmit_unfinished(self) -> None:
-        from learner.jobs import TrainJob
-
         with self._session_factory() as db:
             rows = list(
                 db.scalars(
@@ -188,7 +181,7 @@ class TrainingService:
 
     # --- executor events (notifier thread) ------------------------------------------------
 
-    def _on_change(self, status) -> None:
+    def _on_change(self, status: JobStatus) -> None:
         state = str(status.state)
         if self._stopping.is_set() and state in ("cancelled", "running"):
             return  # shut down with the server: stays queued and is resubmitted at the next start
@@ -234,8 +227,6 @@ def _optional(path: Path | None) -> str | None:
 
 
 def get_job(db: Session, job_id: int) -> TrainingJob:
-    from server.errors import NotFound
-
     job = db.get(TrainingJob, job_id)
     if job is None:
         raise NotFound(f"job {job_id} not found")

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
-from registration.volume import Volume
+from registration.io.volume import Volume
 from server.errors import BadInput, UnsupportedMediaType
 
 # Upload formats: name -> filename suffixes.
@@ -97,8 +98,6 @@ def _to_volume(image, fmt: str) -> Volume:
 
 
 def _read_sitk(path: Path, suffix: str, label: str):
-    import SimpleITK as sitk
-
     # SimpleITK picks the reader by suffix, so give the bytes a name it understands.
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         named = Path(tmp) / f"upload{suffix}"
@@ -219,8 +218,6 @@ def _nifti_expected_bytes(header: bytes) -> int:
 
 
 def _read_dicom_zip(path: Path, max_bytes: int):
-    import SimpleITK as sitk
-
     if not zipfile.is_zipfile(path):
         raise BadInput("the .zip upload is not a valid zip archive")
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:

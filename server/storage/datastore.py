@@ -13,6 +13,7 @@ Layout::
     DATA_DIR/projects/<project>/images/<image>/rounds/<key>/...     (one folder per round)
     DATA_DIR/projects/<project>/images/<image>/accepted/<key>/label.nii.gz
     DATA_DIR/projects/<project>/models/                             (model registry)
+    DATA_DIR/projects/<project>/replay/                             (replay buffer)
     DATA_DIR/tmp/                                                   (uploads in flight)
 """
 
@@ -28,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from registration.atomic import write_json_atomic
-from registration.volume import Volume, read_volume, write_volume_atomic
+from registration.io.atomic import write_json_atomic
+from registration.io.volume import Volume, read_volume, write_volume_atomic
 
 #: gzip level of the volumes written here. Level 1 writes a round's float maps (residual,
 #: confidence) about 1.5-3x faster than the default level for a few per cent more bytes:
@@ -52,6 +53,9 @@ class DataStore:
 
     def models_dir(self, project_id: int) -> Path:
         return self.project_dir(project_id) / "models"
+
+    def replay_dir(self, project_id: int) -> Path:
+        return self.project_dir(project_id) / "replay"
 
     def new_image_dir(self, project_id: int) -> Path:
         return self._fresh(self.project_dir(project_id) / "images")

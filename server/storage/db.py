@@ -1,4 +1,5 @@
-"""Database engine, sessions and schema creation (SQLite in WAL mode or PostgreSQL by URL)."""
+"""Database engine and sessions (SQLite in WAL mode or PostgreSQL by URL); the tables and
+their creation are in ``server.storage.tables``."""
 
 from __future__ import annotations
 
@@ -76,11 +77,3 @@ def make_engine(url: str) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker:
     return sessionmaker(bind=engine, expire_on_commit=False)
-
-
-def create_schema(engine: Engine) -> None:
-    """Create the schema of an empty database, or migrate an older one to the current
-    schema keeping its data (Alembic; server/storage/migrate.py). Idempotent."""
-    from server.storage.migrate import upgrade_schema  # imports alembic and the tables
-
-    upgrade_schema(engine)

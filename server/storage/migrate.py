@@ -7,8 +7,7 @@
   first revision, the schema of that time, then upgraded;
 - otherwise: upgraded from its revision.
 
-Start-up (``server.storage.db.create_schema``) and ``scribbleflow db upgrade`` call
-``upgrade_schema``. A new schema change needs a new file in migrations/versions/.
+Start-up (``create_schema``) and ``scribbleflow db upgrade`` call ``upgrade_schema``. A new schema change needs a new file in migrations/versions/.
 """
 
 from __future__ import annotations
@@ -20,6 +19,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
+
+from server.storage import tables  # noqa: F401  (registers the tables on Base)
+from server.storage.db import Base
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: The revision of a database that was created before migrations existed.
@@ -45,9 +47,6 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade_schema(engine: Engine, revision: str = "head") -> str:
     """Migrate the database of ``engine`` to ``revision`` (default: the newest); returns it."""
-    from server.storage import models  # noqa: F401  (registers the tables on Base)
-    from server.storage.db import Base
-
     with engine.begin() as connection:
         tables = set(inspect(connection).get_table_names())
         config = alembic_config(connection)
@@ -59,3 +58,9 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> str:
                 command.stamp(config, BASELINE_REVISION)
             command.upgrade(config, revision)
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the schema of an empty database, or migrate an older one to the current
+    schema keeping its data. Idempotent."""
+    upgrade_schema(engine)

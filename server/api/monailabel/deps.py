@@ -9,7 +9,7 @@ from fastapi import Depends
 from server.api.deps import Ctx
 from server.auth import CurrentUser, Db
 from server.services import monailabel
-from server.storage.models import Project
+from server.storage.tables import Project
 
 
 def served_project(ctx: Ctx, db: Db, _user: CurrentUser) -> Project:

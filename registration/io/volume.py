@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from registration.atomic import atomic_target
+from registration.io.atomic import atomic_target
 
 #: Value of a voxel that carries no user label in a scribble/annotation volume.
 UNLABELLED = 255

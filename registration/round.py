@@ -22,8 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from registration.volume import UNLABELLED, Volume
-from server import schemas
+from registration.atlas import propagate_from_atlas
+from registration.corrections import seeds_with_previous_answer
+from registration.dense2d import densify_slice
+from registration.fusion import fuse_with_model, model_reliability, normalized_entropy
+from registration.io.volume import UNLABELLED, Volume
+from registration.propagate import SliceAnnotation, propagate_to_volume
+from registration.residual import Suggestion, round_residual
+from registration.residual import opening_suggestion as suggest_opening
 
 
 @dataclass
@@ -33,7 +39,7 @@ class RoundComputation:
     confidence: np.ndarray  # float32 (z, y, x) in [0, 1]
     segmentation: np.ndarray  # uint8 (z, y, x): the fused labels
     residual: np.ndarray  # float32 (z, y, x) in [0, 1]: where the segmentation is probably wrong
-    suggestion: object | None  # registration.residual.Suggestion
+    suggestion: Suggestion | None
     model_weight: float  # the model's weight in the fusion, in [0, 1] (0: the proxy stands)
 
 
@@ -50,11 +56,6 @@ def compute_round(
     """``validation_dice``: the serving version's validation Dice when the project has one.
     ``previous_segmentation``: the answer the user was shown (uint8 (z, y, x)), if it is to
     be kept where they did not correct it (``registration.corrections``)."""
-    from registration.corrections import seeds_with_previous_answer
-    from registration.fusion import fuse_with_model, model_reliability
-    from registration.propagate import SliceAnnotation, propagate_to_volume
-    from registration.residual import round_residual
-
     image = np.asarray(image_zyx, dtype=np.float32)
     model_weight = model_reliability(model_probabilities, seeds, validation_dice)
     # An untrusted model's edges would only add noise to the flooding relief.
@@ -103,8 +104,6 @@ def dense_labels(
     image_yx: np.ndarray, seeds_yx: np.ndarray, num_classes: int, probabilities_cyx: np.ndarray | None = None
 ) -> np.ndarray:
     """``registration.dense2d.densify_slice``, memoised on the content of its inputs."""
-    from registration.dense2d import densify_slice
-
     digest = hashlib.blake2b(str(num_classes).encode(), digest_size=16)
     for part in (image_yx, seeds_yx, probabilities_cyx):
         array = np.ascontiguousarray(part if part is not None else np.empty(0))
@@ -126,21 +125,15 @@ def dense_labels(
 
 def uncertainty_map(probabilities: np.ndarray) -> np.ndarray:
     """Normalised entropy of (C, z, y, x) probabilities: float32 (z, y, x) in [0, 1]."""
-    from registration.fusion import normalized_entropy
-
     return normalized_entropy(probabilities)
 
 
 def opening_suggestion(
     probabilities: np.ndarray, validation_dice: float | None, spacing_zyx: tuple[float, float, float],
     axis: int = 0,
-):
+) -> Suggestion | None:
     """Where to start on a new image: with a validated model, its most uncertain region near
     the structures; otherwise the centre slice along ``axis``."""
-    from registration.fusion import model_reliability
-    from registration.residual import opening_suggestion as suggest_opening
-    from registration.volume import UNLABELLED
-
     nothing_drawn = np.full(probabilities.shape[1:], UNLABELLED, dtype=np.uint8)
     reliability = model_reliability(probabilities, nothing_drawn, validation_dice)
     return suggest_opening(probabilities, reliability, axis=axis, spacing_zyx=spacing_zyx)
@@ -148,40 +141,8 @@ def opening_suggestion(
 
 def atlas_probabilities(atlas: Volume, atlas_labels: np.ndarray, image: Volume, num_classes: int) -> np.ndarray:
     """Cold start: an accepted earlier volume's labels carried onto this one (C, z, y, x)."""
-    from registration.atlas import propagate_from_atlas
-
     proxy = propagate_from_atlas(
         atlas.array, atlas_labels, image.array, num_classes,
         atlas_spacing_zyx=atlas.spacing_zyx, spacing_zyx=image.spacing_zyx,
     )
     return np.asarray(proxy.probabilities, dtype=np.float32)
-
-
-def label_counts(labels: np.ndarray, names: list[str]) -> dict[str, int]:
-    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(names))
-    return {name: int(counts[value]) for value, name in enumerate(names)}
-
-
-def suggestion_out(suggestion, geometry: Volume) -> schemas.Suggestion | None:
-    """A registration Suggestion with its centroid also as (i, j, k) and LPS millimetres."""
-    if suggestion is None:
-        return None
-    z, y, x = (float(c) for c in suggestion.centroid_zyx)
-    lps = _index_to_physical(geometry, (x, y, z))
-    return schemas.Suggestion(
-        axis=int(suggestion.axis),
-        slice=int(suggestion.slice),
-        bbox_zyx=[int(v) for v in suggestion.bbox_zyx],
-        centroid_zyx=[z, y, x],
-        centroid_ijk=[x, y, z],
-        centroid_lps=list(lps),
-        score=float(suggestion.score),
-    )
-
-
-def _index_to_physical(geometry: Volume, ijk: tuple[float, float, float]) -> tuple[float, float, float]:
-    spacing = np.asarray(geometry.spacing_xyz, dtype=np.float64)
-    origin = np.asarray(geometry.origin_xyz, dtype=np.float64)
-    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)
-    point = origin + direction @ (spacing * np.asarray(ijk, dtype=np.float64))
-    return tuple(float(v) for v in point)

@@ -1,4 +1,4 @@
-"""`scribbleflow bench propagate`: proxy quality and latency from simulated sparse input.
+"""``scribbleflow bench propagate``: proxy quality and latency from simulated sparse input.
 
 For every volume of a data directory (ACDC HDF5 or images/ + labels/ NIfTI layout), the
 simulated annotator picks an axis and K slices, gives either the ground-truth mask of
@@ -25,8 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from learner.data import case_paths, load_case
+from learner.metrics import dice_per_class
+from learner.scribbles import simulate_scribbles
+from registration.dense2d import densify_slice
 from registration.propagate import Proxy, SliceAnnotation, propagate_to_volume
+from registration.synthetic import synthetic_volume
 
 INPUT_KINDS = ("mask", "scribble")
 #: Confidence threshold of the calibration split (the issue's "w >= 0.5 vs the rest").
@@ -72,9 +78,6 @@ def simulate_input(
         return SimulatedInput(annotations, 0.0, 0)
     if kind != "scribble":
         raise ValueError(f"input must be one of {INPUT_KINDS}, got {kind!r}")
-    from learner.scribbles import simulate_scribbles
-    from registration.dense2d import densify_slice
-
     scribbles = simulate_scribbles(label_zyx, num_classes=num_classes, slices=list(slices), axis=axis, seed=seed)
     annotations = []
     start = time.perf_counter()
@@ -114,8 +117,6 @@ class VolumeCase:
 
 
 def iter_data_cases(directory: str | Path) -> Iterable[VolumeCase]:
-    from learner.data import case_paths, load_case
-
     for image_path, label_path in case_paths(directory):
         case = load_case(image_path, label_path)
         if case.label is None:
@@ -124,8 +125,6 @@ def iter_data_cases(directory: str | Path) -> Iterable[VolumeCase]:
 
 
 def iter_synthetic_cases(shape: Sequence[int], count: int, num_classes: int) -> Iterable[VolumeCase]:
-    from registration.synthetic import synthetic_volume
-
     for seed in range(count):
         volume = synthetic_volume(tuple(int(s) for s in shape), num_classes, seed=seed)
         yield VolumeCase(f"synthetic-{'x'.join(map(str, shape))}-{seed}", volume.image, volume.labels.astype(np.int64), (1.0, 1.0, 1.0))
@@ -133,8 +132,6 @@ def iter_synthetic_cases(shape: Sequence[int], count: int, num_classes: int) -> 
 
 def dataset_num_classes(directory: str | Path) -> int:
     """1 + the largest label value in the directory's label volumes."""
-    from learner.data import case_paths, load_case
-
     largest = 0
     for image_path, label_path in case_paths(directory):
         case = load_case(image_path, label_path)
@@ -155,10 +152,6 @@ def run_benchmark(
     progress: bool = True,
 ) -> dict:
     """Score proxies of every case; returns the JSON-ready result (see module doc)."""
-    from tqdm import tqdm
-
-    from learner.metrics import dice_per_class
-
     load_before = os.getloadavg()[0]
     per_volume = []
     per_class: dict[int, list[float]] = {c: [] for c in range(1, num_classes)}
