@@ -1,4 +1,6 @@
-"""Shared fixtures: a temporary data directory, both databases, a running app, tokens, volumes.
+"""Shared fixtures: a temporary data directory, both databases, a running app, tokens, volumes,
+one torch thread. Plain helper functions (volumes, files, tokens, tiny networks) are in
+``tests/helpers.py``.
 
 Database-dependent tests take the ``database_url`` fixture (directly or through
 ``settings``/``client``), which is parametrised over SQLite (a file in the test's data
@@ -9,33 +11,23 @@ the end; every test gets its own schema in it, dropped after the test.
 
 from __future__ import annotations
 
-import io
 import os
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
 
-POSTGRES_HOST = "127.0.0.1"
-POSTGRES_PORT = 5432
-POSTGRES_USERS = ("postgres", "root")
-POSTGRES_MAINTENANCE_DB = "test"
-
-
-def _postgres_user() -> str | None:
-    import psycopg
-
-    for user in POSTGRES_USERS:
-        try:
-            with psycopg.connect(
-                host=POSTGRES_HOST, port=POSTGRES_PORT, user=user, dbname=POSTGRES_MAINTENANCE_DB, connect_timeout=3
-            ):
-                return user
-        except psycopg.OperationalError:
-            continue
-    return None
+from tests.helpers import (
+    POSTGRES_HOST,
+    POSTGRES_MAINTENANCE_DB,
+    POSTGRES_PORT,
+    make_token,
+    nifti_file,
+    postgres_schema,
+    postgres_user,
+    synthetic_volume,
+)
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +35,7 @@ def postgres_database():
     """(user, database name) of a fresh PostgreSQL database for this test session."""
     import psycopg
 
-    user = _postgres_user()
+    user = postgres_user()
     if user is None:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL must be reachable in CI on {POSTGRES_HOST}:{POSTGRES_PORT}")
@@ -56,25 +48,6 @@ def postgres_database():
     with psycopg.connect(host=POSTGRES_HOST, port=POSTGRES_PORT, user=user, dbname=POSTGRES_MAINTENANCE_DB,
                          autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextmanager
-def postgres_schema(user: str, database: str, prefix: str = "t"):
-    """A fresh schema in ``database``; yields a URL whose connections use it, drops it after."""
-    import psycopg
-
-    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    connect = {"host": POSTGRES_HOST, "port": POSTGRES_PORT, "user": user, "dbname": database, "autocommit": True}
-    with psycopg.connect(**connect) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield (
-            f"postgresql+psycopg://{user}@{POSTGRES_HOST}:{POSTGRES_PORT}/{database}"
-            f"?options=-csearch_path%3D{schema}"
-        )
-    finally:
-        with psycopg.connect(**connect) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -127,14 +100,6 @@ def client(app):
         yield test_client
 
 
-def make_token(app, role: str, owner: str) -> str:
-    from server.auth import create_token
-
-    with app.state.context.session_factory() as db:
-        token, _ = create_token(db, role, owner)
-    return token
-
-
 @pytest.fixture
 def admin_headers(app) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_token(app, 'admin', 'alice')}"}
@@ -148,44 +113,6 @@ def annotator_headers(app) -> dict[str, str]:
 @pytest.fixture
 def second_annotator_headers(app) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_token(app, 'annotator', 'carol')}"}
-
-
-# --- synthetic volumes -------------------------------------------------------------------
-
-
-def synthetic_volume(shape_zyx=(6, 32, 32), seed: int = 0):
-    """A (z, y, x) float32 image with a bright disc and a ring, and its 3-class label."""
-    from registration.io.volume import Volume
-
-    rng = np.random.default_rng(seed)
-    z, y, x = shape_zyx
-    yy, xx = np.mgrid[:y, :x]
-    radius = np.hypot(yy - y / 2 + 0.5, xx - x / 2 + 0.5)
-    label = np.zeros(shape_zyx, dtype=np.uint8)
-    for k in range(z):
-        scale = 1.0 - 0.3 * abs(k - z / 2) / z
-        label[k][radius < 0.35 * y * scale] = 2
-        label[k][radius < 0.22 * y * scale] = 1
-    image = (label * 0.4 + rng.normal(0, 0.05, shape_zyx)).astype(np.float32)
-    volume = Volume(image, spacing_xyz=(1.5, 1.25, 4.0), origin_xyz=(-10.0, 5.0, 2.5),
-                    direction=(1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
-    return volume, label
-
-
-def volume_bytes(volume, suffix: str = ".nii.gz", array=None) -> bytes:
-    """The file content of ``volume`` (or ``array`` with its geometry) in the format of ``suffix``."""
-    import tempfile
-
-    import SimpleITK as sitk
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"volume{suffix}"
-        sitk.WriteImage(volume.to_sitk(array), str(path), useCompression=suffix != ".nii")
-        return path.read_bytes()
-
-
-def nifti_file(volume, name: str = "case.nii.gz", array=None):
-    return {"file": (name, io.BytesIO(volume_bytes(volume, ".nii.gz", array)), "application/gzip")}
 
 
 @pytest.fixture
@@ -210,3 +137,13 @@ def uploaded_image(client, project, annotator_headers, volume_and_label) -> dict
     )
     assert response.status_code == 201, response.text
     return response.json()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks gain nothing from threads, and on a busy 2-core machine contended
+    intra-op threads make them many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

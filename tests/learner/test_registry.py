@@ -21,7 +21,9 @@ from learner.registry import (
     mean_validation_dice,
 )
 from learner.train import training_step
-from tests.test_online import disc_volume, one_torch_thread, tiny_config  # noqa: F401 (fixture)
+from tests.helpers import disc_volume, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SIZE = 32
 

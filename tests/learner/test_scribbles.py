@@ -7,7 +7,7 @@ import pytest
 
 from learner.scribbles import boundary_effort, simulate_scribbles
 from registration.io.volume import UNLABELLED
-from tests.learner_synthetic import disk_and_ring
+from tests.helpers import disk_and_ring
 
 
 @pytest.fixture

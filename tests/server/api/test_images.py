@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from registration.io.volume import read_volume
-from tests.conftest import nifti_file, synthetic_volume, volume_bytes
+from tests.helpers import nifti_file, synthetic_volume, volume_bytes
 
 PATIENT_NAME = "DOE^JOHNATHAN"
 PATIENT_ID = "PID-99887766"

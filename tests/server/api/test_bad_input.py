@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import synthetic_volume, volume_bytes
+from tests.helpers import synthetic_volume, volume_bytes
 
 
 def _upload(client, project_id, headers, name, content):

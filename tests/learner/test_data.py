@@ -12,9 +12,7 @@ import torch
 from learner.data import SliceDataset, augment_batch, case_paths, load_cases
 from learner.preprocess import normalize_intensity, resize_labels
 from registration.io.volume import UNLABELLED
-from tests.learner_synthetic import disk_and_ring, write_h5_case
-
-ACDC_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc" / "val"
+from tests.helpers import ACDC_VAL, disk_and_ring, write_h5_case
 
 
 def _write_nifti(path: Path, array_zyx: np.ndarray, spacing_xyz=(1.0, 1.0, 1.0)) -> None:

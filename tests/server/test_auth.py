@@ -8,7 +8,7 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import make_token
+from tests.helpers import make_token
 
 
 def test_health_needs_no_token(client):

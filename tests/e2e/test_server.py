@@ -24,8 +24,8 @@ import pytest
 from clients.annotator import SimulatedAnnotator
 from clients.client import ScribbleflowClient
 from registration.io.volume import Volume, read_volume, write_volume_atomic
+from tests.helpers import ACDC_VAL
 
-ACDC_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc" / "val"
 SPACING_XYZ = (1.5, 1.5, 10.0)
 ORIGIN_XYZ = (-120.0, -95.5, 30.0)
 STARTUP_SECONDS = 120
@@ -120,7 +120,7 @@ def server_env(request, tmp_path):
 
 @pytest.fixture
 def database_url_postgresql(request):
-    from tests.conftest import postgres_schema
+    from tests.helpers import postgres_schema
 
     user, database = request.getfixturevalue("postgres_database")
     with postgres_schema(user, database, prefix="e2e") as url:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from registration.io.volume import UNLABELLED, read_volume
-from tests.conftest import volume_bytes
+from tests.helpers import volume_bytes
 
 API = "/api/v1"
 
@@ -347,7 +347,7 @@ def test_cold_start_proposes_an_atlas_from_an_accepted_image(
 ):
     """Before any trained model, a new image starts from an accepted earlier volume's labels."""
     from learner.metrics import dice_per_class
-    from tests.conftest import nifti_file, synthetic_volume
+    from tests.helpers import nifti_file, synthetic_volume
 
     _, label = volume_and_label
     # A validation image trains nothing, so the serving model stays the untrained version 0.

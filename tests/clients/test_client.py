@@ -11,7 +11,7 @@ from clients.client import ApiError, ScribbleflowClient
 from registration.io.volume import UNLABELLED, read_volume, write_volume_atomic
 from server import schemas
 from server.services import interactions
-from tests.conftest import make_token, synthetic_volume
+from tests.helpers import make_token, synthetic_volume
 
 
 @pytest.fixture

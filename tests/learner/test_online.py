@@ -16,7 +16,7 @@ import torch
 from learner.inference import predict_labels
 from learner.jobs import TrainJob, ValidationImage, run_train_job
 from learner.metrics import dice_per_class
-from learner.networks import NetworkConfig, build_network
+from learner.networks import build_network
 from learner.objective import build_objective
 from learner.online import (
     DEFAULT_ONLINE_STEPS,
@@ -33,48 +33,12 @@ from learner.online import (
     trusted_target,
 )
 from learner.preprocess import normalize_intensity, resize_images, resize_labels
-from learner.registry import ModelRegistry
 from learner.replay import ReplayBuffer, SoftSlices
 from learner.train import training_step
 from registration.io.volume import UNLABELLED
+from tests.helpers import disc_volume, new_registry, tiny_config, write_project_files
 
-TINY_CHANNELS = (4, 8, 16, 32, 64)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks gain nothing from threads, and on a busy 2-core machine contended
-    intra-op threads make them many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def tiny_config(num_classes: int = 2) -> NetworkConfig:
-    return NetworkConfig(num_classes=num_classes, channels=TINY_CHANNELS, deep_supervision=False)
-
-
-def disc_volume(seed: int, shape: tuple[int, int, int] = (6, 48, 48)) -> tuple[np.ndarray, np.ndarray]:
-    """(image float32 (z, y, x), label uint8 (z, y, x)): a bright disc (1) at a random place."""
-    rng = np.random.default_rng(seed)
-    _, h, w = shape
-    y, x = np.mgrid[:h, :w]
-    cy, cx = rng.uniform(0.35, 0.65, 2) * (h, w)
-    radius = rng.uniform(0.18, 0.26) * min(h, w)
-    disc = ((y - cy) ** 2 + (x - cx) ** 2) < radius**2
-    label = np.broadcast_to(disc, shape).astype(np.uint8)
-    image = (0.2 + 0.6 * label + 0.05 * rng.standard_normal(shape)).astype(np.float32)
-    return image, label
-
-
-def write_project_files(folder: Path, seed: int, name: str) -> dict[str, str]:
-    """Image and proxy label files of one synthetic volume; returns their paths."""
-    image, label = disc_volume(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / f"{name}-image.npy", image)
-    np.save(folder / f"{name}-label.npy", label)
-    return {"image_path": str(folder / f"{name}-image.npy"), "label_path": str(folder / f"{name}-label.npy")}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def supervised_model(image: np.ndarray, label: np.ndarray, steps: int = 40, size: int = 32) -> torch.nn.Module:
@@ -90,12 +54,6 @@ def supervised_model(image: np.ndarray, label: np.ndarray, steps: int = 40, size
     for _ in range(steps):
         training_step(model, objective, batch, optimizer)
     return model.eval()
-
-
-def new_registry(root: Path, num_classes: int = 2, seed: int = 0) -> ModelRegistry:
-    registry = ModelRegistry(root)
-    registry.create_initial(tiny_config(num_classes), seed=seed)
-    return registry
 
 
 # -- targets --------------------------------------------------------------------------------

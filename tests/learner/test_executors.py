@@ -9,7 +9,9 @@ import pytest
 
 from learner.executors import EmbeddedExecutor, JobState, QueueFull, UnknownJob
 from learner.jobs import TrainJob
-from tests.test_online import new_registry, one_torch_thread, write_project_files  # noqa: F401 (fixture)
+from tests.helpers import new_registry, write_project_files
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WAIT = 60.0  # seconds any wait in these tests may take at most
 

@@ -19,9 +19,7 @@ from learner.data import load_cases
 from learner.networks import build_network
 from learner.objective import network_config_for
 from learner.train import TrainSettings, default_size, evaluate, num_classes_of, poly_lr, train
-from tests.learner_synthetic import disk_and_ring, write_h5_dataset
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, disk_and_ring, write_h5_dataset
 
 
 def _nifti_dataset(root: Path, count: int, shape=(7, 30, 20)) -> Path:
