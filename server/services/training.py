@@ -94,6 +94,29 @@ class TrainingService:
         """Queue a job for ``image`` (None for validation images); commits its row first."""
         if image.is_validation:
             return None
+        job = self._train_job(db, project, image, round_id=round_id, files=files,
+                              reference_version=reference_version)
+        row = TrainingJob(
+            project_id=project.id,
+            image_id=image.id,
+            round_id=round_id,
+            trigger=trigger,
+            executor_id=job.job_id,
+            state="queued",
+            payload=job.to_dict(),
+            created_by=principal.owner,
+        )
+        db.add(row)
+        db.commit()
+        self._metrics.jobs.labels(state="queued").inc()
+        self._send(job)
+        return row
+
+    def _train_job(
+        self, db: Session, project: Project, image: Image, *, round_id: int | None, files: dict[str, Path],
+        reference_version: int | None,
+    ) -> TrainJob:
+        """The job's payload: the round's files, the project's held-out validation images, settings."""
         learning = project.learning
         store = self._datastore
         validation = [
@@ -112,7 +135,7 @@ class TrainingService:
                 Image.is_validation.is_(False),
             )
         ) or 0
-        job = TrainJob(
+        return TrainJob(
             project_id=str(project.id),
             image_id=str(image.id),
             round_id=str(round_id) if round_id is not None else f"accept-{image.id}",
@@ -131,21 +154,6 @@ class TrainingService:
             registry_root=str(store.models_dir(project.id)),
             replay_root=str(store.replay_dir(project.id)),
         )
-        row = TrainingJob(
-            project_id=project.id,
-            image_id=image.id,
-            round_id=round_id,
-            trigger=trigger,
-            executor_id=job.job_id,
-            state="queued",
-            payload=job.to_dict(),
-            created_by=principal.owner,
-        )
-        db.add(row)
-        db.commit()
-        self._metrics.jobs.labels(state="queued").inc()
-        self._send(job)
-        return row
 
     def _send(self, job: TrainJob) -> None:
         if self._executor is None:
