@@ -52,7 +52,7 @@ class Settings(BaseSettings):
 
     # Defaults of a new project's learning settings (an admin may change them per project;
     # the remaining online-learning knobs take learner.online.OnlineSettings' defaults).
-    # Upper bounds: learner.online.ONLINE_UPPER_BOUNDS (tests/test_api_bad_input.py checks they match).
+    # Upper bounds: learner.online.ONLINE_UPPER_BOUNDS (tests/server/api/test_bad_input.py checks they match).
     model_size: int = Field(128, ge=16, le=1024, description="Slices are resized to size x size (multiple of 16).")
     model_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     # Equal to learner.online.DEFAULT_ONLINE_STEPS and OnlineSettings().replay_capacity (tests/test_online.py

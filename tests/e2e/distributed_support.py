@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 COMPOSE_FILE = REPO / "docker-compose.yml"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 WORKER_READY_SECONDS = 120

@@ -16,8 +16,7 @@ from sqlalchemy import create_engine, text
 from clients.annotator import SimulatedAnnotator
 from clients.client import ScribbleflowClient
 from registration.io.volume import write_volume_atomic
-from tests.conftest import postgres_schema, synthetic_volume
-from tests.distributed_support import (
+from tests.e2e.distributed_support import (
     REDIS_HOST,
     REDIS_PORT,
     ServerProcess,
@@ -25,6 +24,7 @@ from tests.distributed_support import (
     distributed_env,
     ensure_redis,
 )
+from tests.helpers import postgres_schema, synthetic_volume
 
 pytestmark = pytest.mark.slow
 

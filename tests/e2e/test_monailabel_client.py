@@ -2,7 +2,7 @@
 ``scribbleflow serve`` over HTTP on loopback, as 3D Slicer's MONAI Label module does: log in,
 info, next sample, upload, infer (segmentation, scribbles, clicks), save the final label,
 training start/status, label download. The answers are checked in the client's process
-(``tests/monailabel/client_script.py``) and here (volumes, geometry, the stored label).
+(``tests/e2e/monailabel/client_script.py``) and here (volumes, geometry, the stored label).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from registration.io.volume import read_volume, write_volume_atomic
-from tests.conftest import synthetic_volume
-from tests.monailabel.venv import monailabel_python
-from tests.test_e2e_server import ServerProcess
+from tests.e2e.monailabel.venv import monailabel_python
+from tests.e2e.test_server import ServerProcess
+from tests.helpers import synthetic_volume
 
 SCRIPT = Path(__file__).resolve().parent / "monailabel" / "client_script.py"
 LABELS = ["inner", "ring"]

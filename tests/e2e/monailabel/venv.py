@@ -13,9 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import REPO
+
 MONAILABEL_VERSION = "0.8.5"
 REQUIREMENTS = (f"monailabel=={MONAILABEL_VERSION}", "requests>=2.31")
-VENV_DIR = Path(__file__).resolve().parents[2] / ".venv-monailabel"
+VENV_DIR = REPO / ".venv-monailabel"
 INSTALL_SECONDS = 600
 
 
