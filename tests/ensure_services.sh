@@ -2,7 +2,7 @@
 # Starts the local services the test suite relies on when they are not answering:
 # Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (the machine's own cluster).
 # Debian packages the tests use are installed when missing (CI runs as root), with one
-# `apt-get update`: docker-compose (tests/test_deployment.py runs `docker-compose config`) and
+# `apt-get update`: docker-compose (tests/docker/test_deployment.py runs `docker-compose config`) and
 # Chromium for the dashboard's browser test (Playwright drives /usr/bin/chromium and never
 # downloads a browser of its own).
 missing=()

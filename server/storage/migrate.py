@@ -1,7 +1,7 @@
 """Bring a database to the current schema with Alembic (server/storage/migrations/).
 
 - an empty database: every table is created from the table definitions and stamped with
-  the newest revision (tests/test_migrations.py checks that the migrations build the same
+  the newest revision (tests/server/storage/test_migrations.py checks that the migrations build the same
   schema);
 - a database created before Alembic (tables, no ``alembic_version``): stamped with the
   first revision, the schema of that time, then upgraded;

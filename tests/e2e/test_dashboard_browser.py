@@ -28,7 +28,7 @@ from server.storage.datastore import DataStore
 from server.storage.db import make_engine, make_session_factory
 from server.storage.migrate import create_schema
 from tests.dashboard_stream import build_stream
-from tests.test_e2e_server import ServerProcess
+from tests.e2e.test_server import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN_KEY = "scribbleflow.adminToken"  # server/static/admin.js

@@ -2,7 +2,7 @@
 (``scribbleflow serve`` subprocess, Debian's Chromium driven by Playwright) on a stream of
 three annotated images, and stores it as a small palette PNG.
 
-    .venv/bin/python -m tests.dashboard_screenshot docs/dashboard.png
+    .venv/bin/python -m tests.e2e.dashboard_screenshot docs/dashboard.png
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from playwright.sync_api import sync_playwright
 from clients.client import ScribbleflowClient
 from server.storage.datastore import DataStore
 from tests.dashboard_stream import build_stream
-from tests.test_dashboard_browser import CHROMIUM, admin_token
-from tests.test_e2e_server import ServerProcess
+from tests.e2e.test_dashboard_browser import CHROMIUM, admin_token
+from tests.e2e.test_server import ServerProcess
 
 PALETTE_COLOURS = 128
 

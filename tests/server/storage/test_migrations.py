@@ -25,8 +25,8 @@ from server.storage.migrate import (
     current_revision,
     head_revision,
 )
-from tests.conftest import make_token
-from tests.test_api_sessions import API, open_session, stroke_round
+from tests.helpers import make_token
+from tests.server.api.test_sessions import API, open_session, stroke_round
 
 
 def test_migrations_build_the_schema_of_the_table_definitions(database_url):
@@ -62,7 +62,7 @@ def _snapshot(client, headers, project_id: int, image_id: int) -> dict:
 
 
 def test_database_from_before_migrations_is_upgraded_and_served(settings, volume_and_label):
-    from tests.conftest import nifti_file
+    from tests.helpers import nifti_file
 
     volume, label = volume_and_label
     app = create_app(settings)

@@ -1,7 +1,7 @@
 """The on-prem deployment files, tested without a Docker engine: hadolint on every Dockerfile,
 `docker-compose config` on the compose file, and what the files promise (non-root users,
 health checks, the CPU build of torch, append-only Redis, TLS proxy, named volumes).
-The compose file's commands themselves run as processes in tests/test_distributed.py."""
+The compose file's commands themselves run as processes in tests/e2e/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import yaml
 
 from learner.worker import WorkerSettings
 from server.settings import Settings
-from tests.distributed_support import COMPOSE_FILE, REPO, compose_services
+from tests.e2e.distributed_support import COMPOSE_FILE, compose_services
+from tests.helpers import REPO
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
 SCRIBBLEFLOW_SERVICES = ("server", "worker-cpu", "worker-gpu")

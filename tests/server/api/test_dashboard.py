@@ -21,10 +21,11 @@ from server.metrics import Metrics
 from server.services.dashboard import round_latency
 from server.storage.db import utcnow
 from tests.dashboard_stream import build_stream
+from tests.helpers import REPO
 
 API = "/api/v1"
 VENDOR = STATIC_DIR / "vendor"
-GRAFANA_DASHBOARD = Path(__file__).resolve().parents[1] / "docker" / "grafana" / "scribbleflow-dashboard.json"
+GRAFANA_DASHBOARD = REPO / "docker" / "grafana" / "scribbleflow-dashboard.json"
 ECHARTS_VERSION = "6.1.0"
 
 
