@@ -342,10 +342,9 @@ def test_an_online_job_learns_a_disc_from_a_random_start(tmp_path):
 def round_job_files(folder: Path, volume, model, name: str, num_classes: int = 2) -> dict[str, str]:
     """Strokes on two slices -> ``compute_round`` (the server's round) with ``model``'s prediction;
     the files a round job names."""
-    from server.services.pipeline import compute_round
-
     from learner.inference import predict_volume
     from learner.scribbles import simulate_scribbles
+    from registration.round import compute_round
 
     first, last = volume.present
     slices = [first + (last - first) // 3, first + 2 * (last - first) // 3]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from registration.volume import UNLABELLED
-from server.services.pipeline import compute_round
 
 from clients.annotator import choose_slice, corrective_scribble, effort_of, usable_suggestion
+from registration.io.volume import UNLABELLED
+from registration.round import compute_round
 from registration.synthetic import synthetic_volume
 from server import schemas
 

@@ -9,11 +9,11 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from registration.volume import UNLABELLED
 
+from registration.io.volume import UNLABELLED
 from server.errors import BadInput
 from server.services import monailabel
-from tests.conftest import synthetic_volume, volume_bytes
+from tests.helpers import synthetic_volume, volume_bytes
 
 NAMES = ["background", "inner", "ring"]
 
@@ -52,9 +52,8 @@ def test_login_gives_an_expiring_token_of_the_users_role(client, app, bob, admin
     assert client.post("/api/v1/projects", json={"name": "p", "labels": ["a"]}, headers=headers).status_code == 403
     assert client.get("/info/", headers=admin_headers).status_code == 200  # API tokens keep working
 
-    from server.storage.models import UserToken
-
     from server.storage.db import utcnow
+    from server.storage.tables import UserToken
 
     with app.state.context.session_factory() as db:
         row = db.get(UserToken, answer.json()["access_token"].split("_")[1])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from registration.volume import UNLABELLED
 
 from registration.corrections import MIN_RELEASE_PIXELS, release_radius, seeds_with_previous_answer
+from registration.io.volume import UNLABELLED
 
 SHAPE = (48, 64)
 CENTRE = (24, 30)

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import nifti_file, postgres_schema, synthetic_volume
-from tests.distributed_support import ServerProcess
-from tests.test_api_sessions import API, open_session, stroke_round
+from tests.e2e.distributed_support import ServerProcess
+from tests.helpers import nifti_file, postgres_schema, synthetic_volume
+from tests.server.api.test_sessions import API, open_session, stroke_round
 
 
 def test_round_retried_with_its_idempotency_key_is_stored_once(client, uploaded_image, annotator_headers,
@@ -126,13 +126,12 @@ def test_round_that_fails_after_its_files_were_written_leaves_nothing(
     """The session is taken over while the round computes (as another server process would):
     the round fails at its final check, after its files were written, and leaves no round
     row, no folder, no training job and no audit event."""
-    from server.storage.models import AnnotationSession, Image
-
-    from server.services import sessions as session_service
+    from server.services import rounds as round_service
+    from server.storage.tables import AnnotationSession, Image
 
     _, label = volume_and_label
     session = open_session(client, uploaded_image, annotator_headers).json()
-    compute_round = session_service.pipeline.compute_round
+    compute_round = round_service.compute_round
 
     def compute_then_lose_the_session(*args, **kwargs):
         result = compute_round(*args, **kwargs)
@@ -141,7 +140,7 @@ def test_round_that_fails_after_its_files_were_written_leaves_nothing(
             db.commit()
         return result
 
-    monkeypatch.setattr(session_service.pipeline, "compute_round", compute_then_lose_the_session)
+    monkeypatch.setattr(round_service, "compute_round", compute_then_lose_the_session)
     response = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 2),
                            headers={**annotator_headers, "Idempotency-Key": "k"})
     assert response.status_code == 409 and "taken over" in response.json()["detail"]

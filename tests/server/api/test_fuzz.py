@@ -23,7 +23,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import max_response_time, not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.conftest import make_token, synthetic_volume, volume_bytes
+from tests.helpers import make_token, synthetic_volume, volume_bytes
 
 EXAMPLES = 10
 CHECKS = [not_a_server_error, response_schema_conformance, max_response_time]  # max: 10 s by default

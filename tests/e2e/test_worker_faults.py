@@ -20,14 +20,14 @@ from learner.celery_executor import CeleryExecutor
 from learner.executors import JobState
 from learner.jobs import TrainJob
 from learner.worker import TRAIN_TASK, WorkerSettings, coordination_for, create_app
-from tests.distributed_support import (
+from tests.e2e.distributed_support import (
     REDIS_HOST,
     REDIS_PORT,
     WorkerProcess,
     distributed_env,
     ensure_redis,
 )
-from tests.test_online import new_registry, write_project_files
+from tests.helpers import new_registry, write_project_files
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
-from registration.volume import write_volume_atomic
 
 from clients import stream_metrics as sm
 from clients.bench_stream import StreamOptions, run_stream_benchmark
 from learner.scribbles import boundary_effort
-from tests.conftest import synthetic_volume
+from registration.io.volume import write_volume_atomic
+from tests.helpers import synthetic_volume
 
 SHAPE_ZYX = (5, 24, 28)  # non-cubic: axis mix-ups change the numbers
 
