@@ -1,5 +1,8 @@
 """``scribbleflow db upgrade`` and ``scribbleflow db current``: the database schema's revision
-(Alembic migrations in server/storage/migrations/, run by server/storage/migrate.py)."""
+(Alembic migrations in server/storage/migrations/, run by server/storage/migrate.py).
+
+The server's modules are imported inside the command functions: parsing (``--help``) must
+not pay for SQLAlchemy and Alembic."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import sys
 
 
 def _engine():
+    # start-up cost (module doc)
     from server.settings import Settings
     from server.storage.db import make_engine
 
@@ -15,6 +19,7 @@ def _engine():
 
 
 def _upgrade(args: argparse.Namespace) -> int:
+    # start-up cost (module doc)
     from server.storage.migrate import current_revision, upgrade_schema
 
     engine = _engine()
@@ -28,6 +33,7 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _current(args: argparse.Namespace) -> int:
+    # start-up cost (module doc)
     from server.storage.migrate import current_revision, head_revision
 
     engine = _engine()

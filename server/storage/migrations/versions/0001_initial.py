@@ -20,6 +20,13 @@ UTC = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    _create_token_and_project_tables()
+    _create_image_and_session_tables()
+    _create_round_tables()
+    _create_job_and_audit_tables()
+
+
+def _create_token_and_project_tables() -> None:
     op.create_table(
         "api_tokens",
         sa.Column("id", sa.String(32), primary_key=True),
@@ -42,6 +49,9 @@ def upgrade() -> None:
         sa.Column("created_at", UTC, nullable=False),
         sa.Column("created_by", sa.String(200), nullable=False),
     )
+
+
+def _create_image_and_session_tables() -> None:
     op.create_table(
         "images",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -86,6 +96,9 @@ def upgrade() -> None:
         sa.Column("suggestion", sa.JSON),
     )
     op.create_index("ix_sessions_image_id", "sessions", ["image_id"])
+
+
+def _create_round_tables() -> None:
     op.create_table(
         "rounds",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -110,6 +123,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_rounds_session_id", "rounds", ["session_id"])
     op.create_index("ix_rounds_image_id", "rounds", ["image_id"])
+
+
+def _create_job_and_audit_tables() -> None:
     op.create_table(
         "jobs",
         sa.Column("id", sa.Integer, primary_key=True),
