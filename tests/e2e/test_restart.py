@@ -12,9 +12,9 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import nifti_file, synthetic_volume
-from tests.distributed_support import ServerProcess
-from tests.test_api_sessions import API, stroke_round
+from tests.e2e.distributed_support import ServerProcess
+from tests.helpers import nifti_file, synthetic_volume
+from tests.server.api.test_sessions import API, stroke_round
 
 pytestmark = pytest.mark.slow
 

@@ -16,15 +16,15 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.settings import Settings
-from tests.conftest import (
+from tests.helpers import (
     POSTGRES_HOST,
     POSTGRES_MAINTENANCE_DB,
     POSTGRES_PORT,
     make_token,
     nifti_file,
 )
-from tests.test_api_sessions import API, open_session, stroke_round
-from tests.test_migrations import _snapshot
+from tests.server.api.test_sessions import API, open_session, stroke_round
+from tests.server.storage.test_migrations import _snapshot
 
 
 def _settings(data_dir, database_url) -> Settings:
@@ -36,7 +36,7 @@ def _settings(data_dir, database_url) -> Settings:
 def test_backup_restored_into_a_fresh_database_and_data_directory_serves_the_same(
     tmp_path, postgres_database, volume_and_label
 ):
-    from tests.conftest import postgres_schema
+    from tests.helpers import postgres_schema
 
     user, database = postgres_database
     volume, label = volume_and_label
