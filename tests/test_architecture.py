@@ -53,7 +53,7 @@ def test_no_import_cycles():
 
 @pytest.mark.parametrize("path", _server_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_server_functions_are_short(path: Path):
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     long = [f"{f.name} ({f.end_lineno - f.lineno + 1} lines)" for f in _functions(tree)
             if f.end_lineno - f.lineno + 1 > MAX_FUNCTION_LINES]
     assert long == []
@@ -61,7 +61,7 @@ def test_server_functions_are_short(path: Path):
 
 @pytest.mark.parametrize("path", _server_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_server_imports_inside_functions_say_why(path: Path):
-    source = path.read_text()
+    source = path.read_text(encoding="utf-8")
     lines = source.splitlines()
     unexplained = [
         f"line {node.lineno} in {function.name}"
