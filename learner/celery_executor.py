@@ -20,7 +20,6 @@ the same job function as ``EmbeddedExecutor``. This object lives in the server p
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -29,16 +28,23 @@ from collections import OrderedDict, deque
 
 from celery.result import AsyncResult
 
-from learner.executors import JobState, JobStatus, QueueFull, StateCallback, UnknownJob
+from learner.executors import (
+    NOTIFIER_STOP,
+    JobBook,
+    JobState,
+    JobStatus,
+    QueueFull,
+    StateCallback,
+    UnknownJob,
+)
 from learner.jobs import TrainJob
 from learner.worker import PROGRESS_STATE, TRAIN_TASK, WorkerSettings, coordination_for, create_app
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 
 
-class CeleryExecutor:
+class CeleryExecutor(JobBook):
     """Runs jobs on Celery workers (see the module docstring).
 
     settings: broker URL and queue prefix (the workers must use the same).
@@ -102,17 +108,6 @@ class CeleryExecutor:
             self._lock.notify_all()
             return job.job_id
 
-    def status(self, job_id: str) -> JobStatus:
-        with self._lock:
-            status = self._jobs.get(job_id)
-            if status is None:
-                raise UnknownJob(job_id)
-            return dataclasses.replace(status)
-
-    def jobs(self) -> list[JobStatus]:
-        with self._lock:
-            return [dataclasses.replace(s) for s in self._jobs.values()]
-
     def queue_depth(self) -> int:
         """Jobs waiting for a worker (not counting running ones)."""
         with self._lock:
@@ -134,19 +129,6 @@ class CeleryExecutor:
         self._coordination.request_cancel(job_id)
         return True
 
-    def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
-        """Block until the job has finished (or ``timeout`` seconds passed); its snapshot."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            if job_id not in self._jobs:
-                raise UnknownJob(job_id)
-            while not self._jobs[job_id].state.finished:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self._lock.wait(remaining)
-            return self.status(job_id)
-
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
         with self._lock:
             self._closed = True
@@ -155,16 +137,12 @@ class CeleryExecutor:
             deadline = None if timeout is None else time.monotonic() + timeout
             self._monitor.join(timeout)
             if not self._monitor.is_alive():
-                self._events.put(_STOP)
+                self._events.put(NOTIFIER_STOP)
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 self._notifier.join(remaining)
         self._coordination.client.close()
 
     # -- internals -----------------------------------------------------------------------
-    def _emit(self, status: JobStatus) -> None:  # lock held
-        if self._on_change is not None:
-            self._events.put(dataclasses.replace(status))
-
     def _finish(self, job_id: str, state: JobState, **changes) -> None:  # lock held
         status = self._jobs[job_id]
         status.state = state
@@ -176,21 +154,6 @@ class CeleryExecutor:
         self._emit(status)
         self._forget_old()
         self._lock.notify_all()
-
-    def _forget_old(self) -> None:  # lock held
-        finished = [job_id for job_id, s in self._jobs.items() if s.state.finished]
-        for job_id in finished[: max(0, len(finished) - self._keep_finished)]:
-            del self._jobs[job_id]
-
-    def _notify_loop(self) -> None:
-        while True:
-            event = self._events.get()
-            if event is _STOP:
-                return
-            try:
-                self._on_change(event)
-            except Exception:
-                log.exception("job state callback failed for job %s", event.job_id)
 
     def _monitor_loop(self) -> None:
         while True:

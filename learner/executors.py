@@ -130,10 +130,64 @@ class ExecutorFactory(Protocol):
     def __call__(self, *, on_change: StateCallback) -> Executor: ...
 
 
-_STOP = object()
+#: Put on a JobBook's event queue to end its notifier thread.
+NOTIFIER_STOP = object()
 
 
-class EmbeddedExecutor:
+class JobBook:
+    """The job table both executors keep: snapshots, waiting, state events to the callback.
+
+    Subclasses set ``_lock`` (a ``threading.Condition``), ``_jobs`` (job id -> JobStatus, in
+    submission order), ``_on_change``, ``_events`` (a queue drained by ``_notify_loop`` on its
+    own thread) and ``_keep_finished``.
+    """
+
+    def status(self, job_id: str) -> JobStatus:
+        with self._lock:
+            status = self._jobs.get(job_id)
+            if status is None:
+                raise UnknownJob(job_id)
+            return dataclasses.replace(status)
+
+    def jobs(self) -> list[JobStatus]:
+        """Snapshots of every remembered job, oldest submission first."""
+        with self._lock:
+            return [dataclasses.replace(s) for s in self._jobs.values()]
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """Block until the job has finished (or ``timeout`` seconds passed); its snapshot."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if job_id not in self._jobs:
+                raise UnknownJob(job_id)
+            while job_id in self._jobs and not self._jobs[job_id].state.finished:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._lock.wait(remaining)
+            return self.status(job_id)
+
+    def _emit(self, status: JobStatus) -> None:  # lock held
+        if self._on_change is not None:
+            self._events.put(dataclasses.replace(status))
+
+    def _forget_old(self) -> None:  # lock held
+        finished = [job_id for job_id, s in self._jobs.items() if s.state.finished]
+        for job_id in finished[: max(0, len(finished) - self._keep_finished)]:
+            del self._jobs[job_id]
+
+    def _notify_loop(self) -> None:  # notifier thread, no lock
+        while True:
+            event = self._events.get()
+            if event is NOTIFIER_STOP:
+                return
+            try:
+                self._on_change(event)
+            except Exception:
+                log.exception("job state callback failed for job %s", event.job_id)
+
+
+class EmbeddedExecutor(JobBook):
     """Runs jobs in one background thread of this process (see the module docstring).
 
     runner: the job function (default: ``run_train_job_at_paths``).
@@ -211,18 +265,6 @@ class EmbeddedExecutor:
             self._lock.notify_all()
             return job.job_id
 
-    def status(self, job_id: str) -> JobStatus:
-        with self._lock:
-            status = self._jobs.get(job_id)
-            if status is None:
-                raise UnknownJob(job_id)
-            return dataclasses.replace(status)
-
-    def jobs(self) -> list[JobStatus]:
-        """Snapshots of every remembered job, oldest submission first."""
-        with self._lock:
-            return [dataclasses.replace(s) for s in self._jobs.values()]
-
     def queue_depth(self) -> int:
         """Jobs waiting (not counting the running one)."""
         with self._lock:
@@ -242,19 +284,6 @@ class EmbeddedExecutor:
                 return True
             return False
 
-    def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
-        """Block until the job has finished (or ``timeout`` seconds passed); its snapshot."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            if job_id not in self._jobs:
-                raise UnknownJob(job_id)
-            while job_id in self._jobs and not self._jobs[job_id].state.finished:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self._lock.wait(remaining)
-            return self.status(job_id)
-
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
         with self._lock:
             if not self._closed:
@@ -268,15 +297,11 @@ class EmbeddedExecutor:
             deadline = None if timeout is None else time.monotonic() + timeout
             self._worker.join(timeout)
             if not self._worker.is_alive():
-                self._events.put(_STOP)
+                self._events.put(NOTIFIER_STOP)
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 self._notifier.join(remaining)
 
     # -- internals (called with the lock held unless said otherwise) ---------------------
-    def _emit(self, status: JobStatus) -> None:
-        if self._on_change is not None:
-            self._events.put(dataclasses.replace(status))
-
     def _finish(self, job_id: str, state: JobState, **changes) -> None:
         status = self._jobs[job_id]
         status.state = state
@@ -285,21 +310,6 @@ class EmbeddedExecutor:
             setattr(status, key, value)
         self._emit(status)
         self._lock.notify_all()
-
-    def _forget_old(self) -> None:
-        finished = [job_id for job_id, s in self._jobs.items() if s.state.finished]
-        for job_id in finished[: max(0, len(finished) - self._keep_finished)]:
-            del self._jobs[job_id]
-
-    def _notify_loop(self) -> None:  # notifier thread, no lock
-        while True:
-            event = self._events.get()
-            if event is _STOP:
-                return
-            try:
-                self._on_change(event)
-            except Exception:
-                log.exception("job state callback failed for job %s", event.job_id)
 
     def _next_job(self) -> TrainJob | None:
         with self._lock:
