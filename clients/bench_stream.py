@@ -28,8 +28,6 @@ import os
 import platform
 import queue
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +45,7 @@ from tqdm import tqdm
 from clients import stream_metrics as sm
 from clients.annotator import SimulatedAnnotator
 from clients.client import ApiError, ScribbleflowClient
+from clients.server_process import ServerProcess
 from learner.bench.offline import write_report_json
 from learner.checkpoints import load_checkpoint
 from learner.data import Case, case_paths, load_case
@@ -65,31 +64,19 @@ POLL_SECONDS = 1.0  # job polls: each is a (short) write transaction on SQLite
 # --- the server -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class EmbeddedServer:
+class EmbeddedServer(ServerProcess):
     """``scribbleflow serve`` on a free loopback port over a temporary data directory.
 
     ``SCRIBBLEFLOW_*`` variables of the caller's environment pass through (e.g. a test's
     ``SCRIBBLEFLOW_ONLINE_STEPS``); the data directory and host are the benchmark's."""
 
     def __init__(self, data_dir: Path, log_path: Path):
+        env = dict(os.environ)
+        env.update(SCRIBBLEFLOW_DATA_DIR=str(data_dir))
+        env.setdefault("SCRIBBLEFLOW_LOG_LEVEL", "warning")
+        env.pop("SCRIBBLEFLOW_DATABASE_URL", None)  # SQLite in the temporary directory
+        super().__init__(env, log_path, startup_seconds=SERVER_STARTUP_SECONDS)
         self.data_dir = data_dir
-        self.log_path = log_path
-        self.port = free_port()
-        self.env = dict(os.environ)
-        self.env.update(SCRIBBLEFLOW_DATA_DIR=str(data_dir), SCRIBBLEFLOW_HOST="127.0.0.1")
-        self.env.setdefault("SCRIBBLEFLOW_LOG_LEVEL", "warning")
-        self.env.pop("SCRIBBLEFLOW_DATABASE_URL", None)  # SQLite in the temporary directory
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def admin_token(self) -> str:
         result = subprocess.run(
@@ -102,34 +89,7 @@ class EmbeddedServer:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + SERVER_STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}; log: {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"the server did not answer within {SERVER_STARTUP_SECONDS} s; log: {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+        super().start()
 
 
 # --- a client that times rounds -----------------------------------------------------------

@@ -16,10 +16,10 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from clients.client import ScribbleflowClient
+from clients.server_process import ServerProcess
 from server.storage.datastore import DataStore
 from tests.dashboard_stream import build_stream
 from tests.e2e.test_dashboard_browser import CHROMIUM, admin_token
-from tests.e2e.test_server import ServerProcess
 
 PALETTE_COLOURS = 128
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clients.server_process import ServerProcess, free_port
 from tests.helpers import REPO
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -33,12 +33,6 @@ def compose_command(service: str) -> list[str]:
     command = list(compose_services()[service]["command"])
     assert command[0] == "scribbleflow", command
     return [str(Path(sys.executable).parent / "scribbleflow"), *command[1:]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_answers(port: int = REDIS_PORT) -> bool:
@@ -81,50 +75,12 @@ def distributed_env(tmp_path: Path, broker_url: str, **extra: str) -> dict[str, 
     return env
 
 
-class ServerProcess:
+class ComposeServerProcess(ServerProcess):
     """The compose file's server command (``scribbleflow serve``) on a free loopback port."""
 
     def __init__(self, env: dict[str, str], log_path: Path):
-        self.port = free_port()
-        self.env = {**env, "SCRIBBLEFLOW_HOST": "127.0.0.1", "SCRIBBLEFLOW_PORT": str(self.port)}
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        import httpx
-
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(compose_command("server"), env=self.env, stdout=log,
-                                        stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-        deadline = time.monotonic() + SERVER_READY_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"server did not answer within {SERVER_READY_SECONDS} s:\n{self.log_path.read_text()}")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        super().__init__(env, log_path, command=compose_command("server"), cwd=REPO,
+                         startup_seconds=SERVER_READY_SECONDS)
 
 
 class WorkerProcess:

@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 
 from clients.client import ScribbleflowClient
+from clients.server_process import ServerProcess
 from server.auth import create_token
 from server.settings import Settings
 from server.storage.datastore import DataStore
 from server.storage.db import make_engine, make_session_factory
 from server.storage.migrate import create_schema
 from tests.dashboard_stream import build_stream
-from tests.e2e.test_server import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN_KEY = "scribbleflow.adminToken"  # server/static/admin.js

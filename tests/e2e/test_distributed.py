@@ -19,7 +19,7 @@ from registration.io.volume import write_volume_atomic
 from tests.e2e.distributed_support import (
     REDIS_HOST,
     REDIS_PORT,
-    ServerProcess,
+    ComposeServerProcess,
     WorkerProcess,
     distributed_env,
     ensure_redis,
@@ -65,7 +65,7 @@ def test_round_is_trained_by_a_celery_worker(tmp_path, postgres_url):
     image_path = write_volume_atomic(volume, tmp_path / "case.nii.gz")
     token = create_token(env)
     worker = WorkerProcess(env, tmp_path / "worker.log")
-    server = ServerProcess(env, tmp_path / "server.log")
+    server = ComposeServerProcess(env, tmp_path / "server.log")
     worker.start()
     try:
         server.start()
@@ -120,7 +120,7 @@ def test_server_killed_while_a_worker_trains_follows_the_job_after_its_restart(t
     image_path = write_volume_atomic(volume, tmp_path / "case.nii.gz")
     token = create_token(env)
     worker = WorkerProcess(env, tmp_path / "worker.log")
-    server = ServerProcess(env, tmp_path / "server.log")
+    server = ComposeServerProcess(env, tmp_path / "server.log")
     worker.start()
     try:
         server.start()

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clients.server_process import ServerProcess
 from registration.io.volume import read_volume, write_volume_atomic
 from tests.e2e.monailabel.venv import monailabel_python
-from tests.e2e.test_server import ServerProcess
 from tests.helpers import synthetic_volume
 
 SCRIPT = Path(__file__).resolve().parent / "monailabel" / "client_script.py"

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.e2e.distributed_support import (
+    ComposeServerProcess,
     PrivateRedis,
-    ServerProcess,
     WorkerProcess,
     distributed_env,
 )
@@ -33,7 +33,7 @@ def test_api_keeps_working_while_redis_is_down_and_jobs_run_when_it_is_back(tmp_
     token = subprocess.run([sys.executable, "-m", "server.cli", "token", "create", "--role", "admin", "--owner", "a"],
                            env=env, capture_output=True, encoding="utf-8", check=True, timeout=120).stdout.strip()
     worker = WorkerProcess(env, tmp_path / "worker.log")
-    server = ServerProcess(env, tmp_path / "server.log")
+    server = ComposeServerProcess(env, tmp_path / "server.log")
     volume, label = synthetic_volume((6, 32, 32), seed=2)
     try:
         worker.start()

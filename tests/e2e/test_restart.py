@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.distributed_support import ServerProcess
+from tests.e2e.distributed_support import ComposeServerProcess
 from tests.helpers import nifti_file, synthetic_volume
 from tests.server.api.test_sessions import API, stroke_round
 
@@ -28,7 +28,7 @@ def test_jobs_running_and_queued_at_a_restart_both_succeed(tmp_path, stop):
     env.pop("SCRIBBLEFLOW_BROKER_URL", None)
     token = subprocess.run([sys.executable, "-m", "server.cli", "token", "create", "--role", "admin", "--owner", "a"],
                            env=env, capture_output=True, encoding="utf-8", check=True, timeout=120).stdout.strip()
-    server = ServerProcess(env, tmp_path / "server.log")
+    server = ComposeServerProcess(env, tmp_path / "server.log")
     headers = {"Authorization": f"Bearer {token}"}
     server.start()
     try:

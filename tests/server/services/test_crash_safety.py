@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.e2e.distributed_support import ServerProcess
+from tests.e2e.distributed_support import ComposeServerProcess
 from tests.helpers import nifti_file, postgres_schema, synthetic_volume
 from tests.server.api.test_sessions import API, open_session, stroke_round
 
@@ -74,7 +74,7 @@ def test_server_killed_while_answering_a_round_then_retried(tmp_path, postgres_u
                            env=env, capture_output=True, encoding="utf-8", check=True, timeout=120).stdout.strip()
     headers = {"Authorization": f"Bearer {token}"}
     volume, label = synthetic_volume((8, 48, 40), seed=5)
-    server = ServerProcess(env, tmp_path / "server.log")
+    server = ComposeServerProcess(env, tmp_path / "server.log")
     server.start()
     try:
         with httpx.Client(base_url=server.url, headers=headers, timeout=120) as http:
