@@ -190,6 +190,8 @@ def test_settings_reject_unknown_keys_and_bad_values():
         OnlineSettings(size=40)
     with pytest.raises(ValueError, match="confidence_mode"):
         OnlineSettings(confidence_mode="guess")
+    with pytest.raises(ValueError, match="precision"):
+        OnlineSettings(precision="fp8")
     assert OnlineSettings.from_dict(OnlineSettings(size=64).to_dict()) == OnlineSettings(size=64)
 
 
