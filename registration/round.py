@@ -30,6 +30,11 @@ from registration.io.volume import UNLABELLED, Volume
 from registration.propagate import SliceAnnotation, propagate_to_volume
 from registration.residual import Suggestion, round_residual
 from registration.residual import opening_suggestion as suggest_opening
+from registration.slice_propagation import PropagationSettings
+
+#: Propagation settings of interactive rounds: the defaults, with the registration fields of
+#: slice pairs reused from the session's earlier rounds.
+ROUND_PROPAGATION = PropagationSettings(memoise_fields=True)
 
 
 @dataclass
@@ -75,7 +80,7 @@ def compute_round(
             probabilities_cyx=None if guide is None else np.take(guide, index, axis=axis + 1),
         )
         annotations.append(SliceAnnotation(axis=axis, index=index, labels=np.asarray(labels_2d)))
-    proxy = propagate_to_volume(image, annotations, num_classes, spacing_zyx=spacing_zyx)
+    proxy = propagate_to_volume(image, annotations, num_classes, spacing_zyx=spacing_zyx, settings=ROUND_PROPAGATION)
     fused = fuse_with_model(proxy, model_probabilities, seeds, model_weight)
     residual, suggestion = round_residual(
         fused.probabilities, proxy.confidence, proxy.probabilities, model_probabilities, model_weight,

@@ -41,7 +41,11 @@ from registration.appearance import class_intensity_model, reweight_by_intensity
 from registration.class_borders import hold_invisible_borders, invisible_border_groups
 from registration.labels import one_hot
 from registration.resample import resize_field, resize_linear, shrink_mean, warp_bilinear
-from registration.slice_registration import DemonsSettings, register_slice_pairs
+from registration.slice_registration import (
+    DemonsSettings,
+    register_slice_pairs,
+    register_slice_pairs_memoised,
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,10 @@ class PropagationSettings:
     #: a pixel, and a coarse level only drifts (hippocampus train, 1-mm slices, mask K = 1:
     #: 0.747 with it, 0.759 without; ACDC is unaffected).
     coarse_min_step: float = 1.5
+    #: Reuse the fields of slice pairs registered recently in this process
+    #: (``register_slice_pairs_memoised``): the rounds of a session register the same pairs
+    #: again. Off by default so that benchmarks timing repeated propagations time the work.
+    memoise_fields: bool = False
 
 
 @dataclass
@@ -273,7 +281,8 @@ def propagate_axis(
     backward_pairs = [j for j in range(len(keys) - 1) if keys[j + 1] <= annotated[-1]]
     coarse = shrink_mean(roi_stack, reg_factor)
     key_distance = step * (int(np.diff(keys).max()) if len(keys) > 1 else 1)
-    fields = register_slice_pairs(
+    register = register_slice_pairs_memoised if settings.memoise_fields else register_slice_pairs
+    fields = register(
         coarse[[j + 1 for j in forward_pairs] + backward_pairs],
         coarse[forward_pairs + [j + 1 for j in backward_pairs]],
         demons_for_distance(settings, key_distance),

@@ -11,7 +11,12 @@ from registration.io.volume import UNLABELLED
 from registration.propagate import SliceAnnotation, labels_from_probabilities, propagate_to_volume
 from registration.resample import warp_bilinear
 from registration.slice_propagation import PropagationSettings, demons_for_distance
-from registration.slice_registration import DemonsSettings, register_slice_pairs
+from registration.slice_registration import (
+    DemonsSettings,
+    field_cache_counts,
+    register_slice_pairs,
+    register_slice_pairs_memoised,
+)
 from registration.synthetic import synthetic_volume
 
 
@@ -137,6 +142,32 @@ def test_slice_registration_recovers_a_shift(backend):
     assert field[1, 25, 26] == pytest.approx(-4.0, abs=1.0)
     warped = warp_bilinear(moving[None], field)[0]
     assert np.abs(warped - fixed).mean() < 0.25 * np.abs(moving - fixed).mean()
+
+
+def test_memoised_registration_gives_each_pair_its_own_field_and_registers_it_once(moving_shape):
+    images = moving_shape.image.astype(np.float32) / float(moving_shape.image.max())
+    fixed, moving = images[1:9], images[0:8]
+    reference = register_slice_pairs(fixed, moving)
+    before = field_cache_counts()
+    first = register_slice_pairs_memoised(fixed[:5], moving[:5])  # 5 new pairs
+    again = register_slice_pairs_memoised(fixed, moving)  # 5 known, 3 new
+    after = field_cache_counts()
+    np.testing.assert_array_equal(first, reference[:5])
+    np.testing.assert_array_equal(again, reference)  # a pair's field does not depend on its batch
+    assert after["misses"] - before["misses"] == 8 and after["hits"] - before["hits"] == 5
+    # Other settings are other fields.
+    other = register_slice_pairs_memoised(fixed[:1], moving[:1], DemonsSettings(iterations=(5, 5)))
+    assert field_cache_counts()["misses"] - after["misses"] == 1
+    assert not np.array_equal(other[0], reference[0])
+
+
+def test_round_propagation_with_memoised_fields_equals_the_plain_one(moving_shape):
+    annotations = annotate(moving_shape.labels, 0, [6, 15, 24])
+    plain = propagate_to_volume(moving_shape.image, annotations, 4)
+    memo = PropagationSettings(memoise_fields=True)
+    for _ in range(2):  # the second call reuses every field
+        memoised = propagate_to_volume(moving_shape.image, annotations, 4, settings=memo)
+        np.testing.assert_array_equal(memoised.probabilities, plain.probabilities)
 
 
 def test_class_whose_region_stops_looking_like_the_annotation_fades_sooner():
