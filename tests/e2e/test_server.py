@@ -1,21 +1,19 @@
 """End to end over real HTTP: ``scribbleflow serve`` (uvicorn) as a subprocess on loopback.
 
-Create a project, upload three ACDC validation volumes as NIfTI (with geometry set),
-open a session, submit two rounds of simulated scribbles through the typed client,
-download the segmentation (same geometry as the upload), accept; the training jobs run,
-a new model version is served and its Dice on the next image beats version 0's; then
-the server process restarts and everything is still there.
+Create a project, upload three ACDC validation volumes as NIfTI (with geometry set), hold
+the third out for validation and accept its full label, open a session on the first,
+submit rounds of simulated scribbles through the typed client, download the segmentation
+(same geometry as the upload), accept; the training job runs, the promotion gate measures
+the candidate on the held-out image and serves it, and its Dice on the next image clears a
+floor; then the server process restarts and everything is still there.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,65 +21,20 @@ import pytest
 
 from clients.annotator import SimulatedAnnotator
 from clients.client import ScribbleflowClient
+from clients.server_process import ServerProcess
 from registration.io.volume import Volume, read_volume, write_volume_atomic
 from tests.helpers import ACDC_VAL
 
 SPACING_XYZ = (1.5, 1.5, 10.0)
 ORIGIN_XYZ = (-120.0, -95.5, 30.0)
-STARTUP_SECONDS = 120
 TRAINING_SECONDS = 420
+# One accepted image of three rounds teaches the size-64 network enough to clear these on an
+# unseen image (measured 2026-11-29, sqlite / postgresql: next image 0.360 / 0.348, gate on
+# the held-out image 0.262 / 0.366); a random version 0 scores ~0.
+NEW_MODEL_DICE_FLOOR = 0.25
+GATE_MARGIN = 0.1
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``scribbleflow serve`` on a free loopback port with the given environment."""
-
-    def __init__(self, env: dict[str, str], log_path: Path):
-        self.env = env
-        self.port = _free_port()
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        import httpx
-
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"server did not answer within {STARTUP_SECONDS} s:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
 
 
 def acdc_cases(count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -112,7 +65,7 @@ def server_env(request, tmp_path):
         SCRIBBLEFLOW_MODEL_SIZE="64",
         SCRIBBLEFLOW_ONLINE_STEPS="300",
         SCRIBBLEFLOW_MODEL_CHANNELS="[8, 16, 32, 64, 128]",
-        SCRIBBLEFLOW_VALIDATION_EVERY="0",
+        SCRIBBLEFLOW_VALIDATION_EVERY="0",  # the test holds its validation image out itself
         SCRIBBLEFLOW_COMPUTE_THREADS="1",
         SCRIBBLEFLOW_LOG_LEVEL="warning",
     )
@@ -160,7 +113,8 @@ def test_end_to_end_over_http_with_restart(server_env, tmp_path):
             truths = {img.id: truth for img, (_, _, truth) in zip(images, cases, strict=True)}
             assert [i.spacing_xyz for i in images] == [list(SPACING_XYZ)] * 3
 
-            # Version 0 on the image that comes after the first one.
+            # Version 0 on the image that comes after the first one (before any image is accepted,
+            # which would make the opening an atlas proxy).
             following = images[1]
             probe = client.open_session(following.id)
             assert probe.model_version == 0 and probe.prediction_source == "model"
@@ -168,11 +122,21 @@ def test_end_to_end_over_http_with_restart(server_env, tmp_path):
             dice_v0 = dice_mean(read_volume(v0_path).array, truths[following.id], num_classes)
             client.close_session(probe.id)
 
+            # The third image is held out for the promotion gate with its full label, as a team
+            # would annotate a validation image completely; accepting it trains nothing.
+            held_out = client.set_validation(images[2].id, True)
+            assert held_out.is_validation
+            validation_session = client.open_session(held_out.id)
+            full_label = tmp_path / "validation_label.nii.gz"
+            write_volume_atomic(Volume(truths[held_out.id].astype(np.uint8), SPACING_XYZ, ORIGIN_XYZ), full_label)
+            client.submit_labelmap(validation_session.id, full_label)
+            assert client.accept(validation_session.id).job_id is None
+
             first = client.next_image(project.id).image
             assert first.id == images[0].id
             annotator = SimulatedAnnotator(client, num_classes, seed=7, evaluate=True)
-            record = annotator.annotate(first, truths[first.id], max_rounds=2, accept=False)
-            assert [r.round.number for r in record.rounds] == [1, 2]
+            record = annotator.annotate(first, truths[first.id], max_rounds=3, accept=False)
+            assert [r.round.number for r in record.rounds] == [1, 2, 3]
             last = record.rounds[-1].round
             segmentation = read_volume(client.download_round_file(last.id, "segmentation", tmp_path / "seg.nii.gz"))
             assert segmentation.shape_zyx == tuple(first.shape_zyx)
@@ -188,13 +152,21 @@ def test_end_to_end_over_http_with_restart(server_env, tmp_path):
             assert any(j.state == "succeeded" for j in jobs), [(j.id, j.state, j.message) for j in jobs]
             models = client.list_models(project.id)
             assert models.serving_version is not None and models.serving_version > 0
+            # The gate decided on the held-out image: both versions measured on it, and the
+            # candidate served because it beat version 0 there by a margin.
+            versions = {v.version: v for v in models.versions}
+            candidate, initial = versions[models.serving_version], versions[0]
+            assert candidate.promoted and candidate.metrics["val_cases"] == 1, candidate
+            assert candidate.metrics["val_dice"] >= initial.metrics["val_dice"] + GATE_MARGIN, (candidate, initial)
             assert client.next_image(project.id).image.id == following.id
 
             session = client.open_session(following.id)
             assert session.model_version == models.serving_version and session.prediction_source == "model"
             new_path = client.download_session_file(session.id, "prediction", tmp_path / "vn.nii.gz")
             dice_new = dice_mean(read_volume(new_path).array, truths[following.id], num_classes)
-            assert dice_new > dice_v0, (dice_new, dice_v0)
+            print(f"e2e Dice on the next image: version 0 {dice_v0:.3f}, version {models.serving_version} "
+                  f"{dice_new:.3f}; gate {initial.metrics['val_dice']:.3f} -> {candidate.metrics['val_dice']:.3f}")
+            assert dice_new >= NEW_MODEL_DICE_FLOOR and dice_new > dice_v0, (dice_new, dice_v0)
 
             before = {
                 "projects": [p.model_dump() for p in client.list_projects()],
