@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offline", action="store_true", help="also train the offline model with the same steps")
     parser.add_argument("--score-candidates", action="store_true",
                         help="holdout Dice of every candidate, to compare with the gate's verdicts")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="an offline checkpoint served from the start (warm start), as the server's import")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -166,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="online-stream-"))
     registry = ModelRegistry(work / "registry")
     registry.create_initial(network_config_for("online", num_classes), seed=args.seed)
+    if args.checkpoint is not None:
+        registry.import_checkpoint(args.checkpoint, num_classes=num_classes)
     replay = ReplayBuffer(work / "replay", settings.replay_capacity, settings.replay_policy, settings.seed)
     cpu = torch.device("cpu")
-    v0 = registry.load(0)[0]
+    v0 = registry.load()[0]  # the serving version at the start: random, or the imported checkpoint
     report: dict = {
         "command": " ".join(sys.argv), "train": str(args.train), "holdout": [c.name for c in holdout],
         "num_classes": num_classes, "steps": steps, "settings": settings.to_dict(), "accepted": args.accepted,
