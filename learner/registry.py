@@ -24,7 +24,11 @@ them) minus ``tolerance``. Comparing with the best rather than the serving versi
 a run of promotions that each lose a little from adding up to more than ``tolerance``.
 With no validation images yet there is nothing to measure against,
 and the candidate is promoted: early in a stream learning must not stall waiting for
-validation data; the decision's reason says so.
+validation data; the decision's reason says so. Except over an imported checkpoint: an
+offline model the admin chose is replaced only by a candidate that matches it on
+validation images (ACDC warm start: the first unchecked online version fell from holdout
+Dice 0.837 to 0.570, trained 200 steps on one image), so until the project has some the
+candidate is rejected (it stays listed, and the image stays in the replay buffer).
 
 Checkpoint files never change once written, so models are cached by version.
 """
@@ -473,6 +477,10 @@ class ModelRegistry:
             candidate_dice = serving_dice = best_dice = best_version = None
             if serving is None:
                 promoted, reason = True, "no serving version yet"
+            elif not validation_cases and self.record(serving).source.get("kind") == "imported":
+                promoted, reason = False, (
+                    f"no validation images yet to compare with the imported version {serving}: kept it"
+                )
             elif not validation_cases:
                 promoted, reason = True, "no validation images yet: promoted without a check"
             else:

@@ -217,3 +217,16 @@ def test_gate_without_validation_images_promotes_and_says_so(tmp_path):
     decision = registry.promote_or_reject(candidate.version, [], tolerance=0.0, size=SIZE)
     assert decision.promoted and "no validation images" in decision.reason
     assert registry.serving_version() == candidate.version
+
+
+def test_gate_without_validation_images_keeps_an_imported_checkpoint(tmp_path):
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.create_initial(tiny_config(2), seed=0)
+    model, config, _ = registry.load(0)
+    save_checkpoint(tmp_path / "offline.pt", model, config, {"method": "full"})
+    imported = registry.import_checkpoint(tmp_path / "offline.pt")
+    candidate = registry.add_candidate(model, config, parent=imported.version, source={"kind": "online"})
+    decision = registry.promote_or_reject(candidate.version, [], tolerance=0.0, size=SIZE)
+    assert not decision.promoted and "imported version" in decision.reason
+    assert registry.serving_version() == imported.version
+    assert registry.record(candidate.version).status == "rejected"
