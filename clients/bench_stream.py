@@ -455,16 +455,21 @@ def lineage_steps(versions: list[schemas.ModelVersionOut], version: int | None) 
     return steps
 
 
+def online_precision(learning: dict) -> str:
+    """The precision the project's online jobs train at on this machine's CPU (``learner.device``)."""
+    return resolve_precision(torch.device("cpu"), str(learning.get("online", {}).get("precision", "auto")))
+
+
 def train_offline(train: list[tuple[StreamImage, np.ndarray]], holdout: list[StreamImage], steps: int,
                   learning: dict, num_classes: int, seed: int, max_minutes: float | None = None):
     """A fresh network trained with the ``full`` method on the accepted labels for ``steps`` steps
-    (fp32 and the online batch size, like the online jobs; validated once, at the end), or
-    fewer when ``max_minutes`` of training time run out first."""
+    (the online jobs' precision and batch size; validated once, at the end), or fewer when
+    ``max_minutes`` of training time run out first."""
     online = learning.get("online", {})
     settings = TrainSettings(
         method="full", minutes=max_minutes, max_iterations=steps, size=int(online.get("size", 128)),
         batch_size=int(online.get("batch_size", 4)), channels=tuple(learning.get("channels") or ()) or None,
-        precision="fp32", val_every=steps, seed=seed, num_classes=num_classes, progress_bar=False,
+        precision=online_precision(learning), val_every=steps, seed=seed, num_classes=num_classes, progress_bar=False,
     )
     cases = [Case(item.name, item.volume, label=label.astype(np.int64)) for item, label in train]
     validation = [Case(c.name, c.volume, label=c.truth) for c in holdout[:1]]
@@ -679,7 +684,8 @@ def _run(url: str, token: str, stream: list[StreamImage],
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "precision": {"online": "fp32", "offline": "fp32", "device_auto": resolve_precision(torch.device("cpu"))},
+        "precision": {"online": online_precision(learning), "offline": online_precision(learning),
+                      "device_auto": resolve_precision(torch.device("cpu"))},
         "load_average": {"start": load_start, "end": os.getloadavg()[0]},
     })
     summary = summarize(shared.volumes, extra)
