@@ -4,7 +4,8 @@
         --size 128 --batch 12 --threads 1 --layout channels_last,contiguous --out FILE.json
 
 The batch: uniform-noise images, four horizontal scribble stripes (classes 0..3) on every
-slice, random dense labels for ``full``. Content barely matters to the cost; the shapes do.
+slice, random dense labels for ``full`` and, one-hot with weight 1, as the soft targets of
+``online`` (the server's online jobs: ``--methods online --batch 4``, soft Dice weight 1). Content barely matters to the cost; the shapes do.
 Each (method, layout) pair builds a fresh network, runs ``--warmup`` steps, then times
 ``--steps`` steps of :func:`learner.train.training_step`. Data loading and augmentation are
 not included (the offline benchmark's iterations/second include them).
@@ -33,7 +34,9 @@ def synthetic_batch(size: int, batch: int, num_classes: int, seed: int = 0) -> d
         row = (cls + 1) * size // (num_classes + 1)
         scribble[:, row:row + stripe, size // 4: 3 * size // 4] = cls
     label = torch.randint(0, num_classes, (batch, size, size), generator=generator)
-    return {"image": image, "scribble": scribble, "label": label}
+    target = torch.nn.functional.one_hot(label, num_classes).permute(0, 3, 1, 2).float()
+    return {"image": image, "scribble": scribble, "label": label, "target": target,
+            "weight": torch.ones(batch, size, size)}
 
 
 def time_training_steps(method: str, *, size: int, batch: int, layout: str, precision: str,
@@ -42,7 +45,7 @@ def time_training_steps(method: str, *, size: int, batch: int, layout: str, prec
 
     from learner.device import resolve_precision, select_device
     from learner.networks import build_network
-    from learner.objective import build_objective, network_config_for
+    from learner.objective import ObjectiveWeights, build_objective, network_config_for
     from learner.train import training_step
 
     if layout not in LAYOUTS:
@@ -53,7 +56,8 @@ def time_training_steps(method: str, *, size: int, batch: int, layout: str, prec
     model = build_network(network_config_for(method, num_classes)).to(device)
     if layout == "contiguous":
         model = model.to(memory_format=torch.contiguous_format)
-    objective = build_objective(method, num_classes).to(device)
+    weights = ObjectiveWeights(dice=1.0) if method == "online" else None  # as learner.online.train_online
+    objective = build_objective(method, num_classes, weights).to(device)
     objective.bind(model)
     objective.progress = 0.5  # distillation fully ramped up
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     layouts = [layout for layout in args.layout.split(",") if layout]
-    unknown = [m for m in methods if m not in METHOD_CHOICES] + [x for x in layouts if x not in LAYOUTS]
+    unknown = [m for m in methods if m not in (*METHOD_CHOICES, "online")] + [x for x in layouts if x not in LAYOUTS]
     if unknown:
         parser.error(f"unknown method or layout: {unknown}")
     if args.steps < 1 or args.warmup < 0 or args.size % 16 or args.batch < 1:
