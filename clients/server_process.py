@@ -22,7 +22,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
+class ChildProcess:
+    """A child process started in its own process group (``start_new_session``)."""
+
+    process: subprocess.Popen | None = None
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group (a crash, for restart tests)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown: a worker finishes its running job first), SIGKILL after 60 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class ServerProcess(ChildProcess):
     """``command`` (default: ``scribbleflow serve``) with ``env`` on a free loopback port,
     started in its own process group; :meth:`start` returns once ``/health`` answers.
 
@@ -60,22 +82,6 @@ class ServerProcess:
             time.sleep(0.3)
         self.stop()
         raise TimeoutError(f"the server did not answer within {self.startup_seconds:g} s:\n{self._log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL to the whole process group (a crash, for restart tests)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        """SIGTERM (a clean shutdown), SIGKILL after 60 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
     def _log_tail(self, characters: int = 4000) -> str:
         try:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clients.server_process import ServerProcess, free_port
+from clients.server_process import ChildProcess, ServerProcess, free_port
 from tests.helpers import REPO
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -83,7 +82,7 @@ class ComposeServerProcess(ServerProcess):
                          startup_seconds=SERVER_READY_SECONDS)
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """The compose file's worker command (``scribbleflow worker --queues train --concurrency 1``,
     a real Celery worker) as a subprocess, named so that several can run side by side."""
 
@@ -110,20 +109,6 @@ class WorkerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"worker not ready within {WORKER_READY_SECONDS} s:\n{self.log_path.read_text()}")
 
-    def kill(self) -> None:
-        """SIGKILL to the worker and its pool processes (its own process group)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)  # warm shutdown: the running job finishes first
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
 
 class PrivateRedis:
