@@ -29,8 +29,9 @@ SPACING_XYZ = (1.5, 1.5, 10.0)
 ORIGIN_XYZ = (-120.0, -95.5, 30.0)
 TRAINING_SECONDS = 420
 # One accepted image of three rounds teaches the size-64 network enough to clear these on an
-# unseen image (measured 2026-11-29, sqlite / postgresql: next image 0.360 / 0.348, gate on
-# the held-out image 0.262 / 0.366); a random version 0 scores ~0.
+# unseen image (measured 2026-11-29 at load ~6, two sqlite runs: next image 0.467 / 0.393,
+# gate on the held-out image 0.389 / 0.353; with 300 steps 0.263 / 0.288 and 0.177 / 0.249);
+# a random version 0 scores ~0.
 NEW_MODEL_DICE_FLOOR = 0.25
 GATE_MARGIN = 0.1
 
@@ -59,13 +60,17 @@ def server_env(request, tmp_path):
     env = dict(os.environ)
     env.update(
         SCRIBBLEFLOW_DATA_DIR=str(tmp_path / "data"),
-        # Size 64 and 300 steps: one accepted ACDC image then teaches the small network
-        # enough that the next image's Dice clears version 0's whatever the thread count
+        # Size 64 and 600 steps: one accepted ACDC image then teaches the small network
+        # enough that the next image's Dice clears the floor below whatever the thread count
         # (100 steps at 128 sometimes left it all background under load: 0.0 vs 0.0).
         SCRIBBLEFLOW_MODEL_SIZE="64",
-        SCRIBBLEFLOW_ONLINE_STEPS="300",
+        SCRIBBLEFLOW_ONLINE_STEPS="600",
         SCRIBBLEFLOW_MODEL_CHANNELS="[8, 16, 32, 64, 128]",
         SCRIBBLEFLOW_VALIDATION_EVERY="0",  # the test holds its validation image out itself
+        # Only the accept job trains: round jobs finish or are superseded depending on the
+        # machine's load, and the replay slices they leave changed the new model's Dice on the
+        # next image from 0.11 to 0.36 between runs. (Round jobs: tests/e2e/test_distributed.py.)
+        SCRIBBLEFLOW_TRAIN_ON_ROUNDS="false",
         SCRIBBLEFLOW_COMPUTE_THREADS="1",
         SCRIBBLEFLOW_LOG_LEVEL="warning",
     )
