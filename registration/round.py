@@ -14,9 +14,6 @@ All volumes are (z, y, x) on the image's grid; probabilities (C, z, y, x).
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -27,6 +24,7 @@ from registration.corrections import seeds_with_previous_answer
 from registration.dense2d import densify_slice
 from registration.fusion import fuse_with_model, model_reliability, normalized_entropy
 from registration.io.volume import UNLABELLED, Volume
+from registration.memo import ArrayMemo, content_digest
 from registration.propagate import SliceAnnotation, propagate_to_volume
 from registration.residual import Suggestion, round_residual
 from registration.residual import opening_suggestion as suggest_opening
@@ -111,34 +109,23 @@ def drawn_planes(shape: tuple[int, ...], annotations: Iterable[SliceAnnotation])
     return labels
 
 
-#: Dense labels of recently densified planes, by the digest of their inputs: every round
-#: densifies each drawn plane again, and all but the newest are usually unchanged since the
-#: previous round (ACDC: ~0.13 s per plane, so ~1 s of a tenth round's compute).
+#: Dense labels of recently densified planes, by the digest of their inputs (image, seeds with
+#: the kept previous answer, guide). A plane is reused only while all of these are unchanged,
+#: e.g. a round retried or re-sent; the previous answer usually moves between rounds.
 DENSE_CACHE_ENTRIES = 512
-_dense_cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
-_dense_cache_lock = threading.Lock()
+_dense_cache = ArrayMemo(DENSE_CACHE_ENTRIES)
 
 
 def dense_labels(
     image_yx: np.ndarray, seeds_yx: np.ndarray, num_classes: int, probabilities_cyx: np.ndarray | None = None
 ) -> np.ndarray:
     """``registration.dense2d.densify_slice``, memoised on the content of its inputs."""
-    digest = hashlib.blake2b(str(num_classes).encode(), digest_size=16)
-    for part in (image_yx, seeds_yx, probabilities_cyx):
-        array = np.ascontiguousarray(part if part is not None else np.empty(0))
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.data)
-    key = digest.digest()
-    with _dense_cache_lock:
-        cached = _dense_cache.get(key)
-        if cached is not None:
-            _dense_cache.move_to_end(key)
-            return cached.copy()
+    key = content_digest(str(num_classes), image_yx, seeds_yx, probabilities_cyx)
+    cached = _dense_cache.get(key)
+    if cached is not None:
+        return cached.copy()
     labels = densify_slice(image_yx, seeds_yx, num_classes, probabilities_cyx=probabilities_cyx)
-    with _dense_cache_lock:
-        _dense_cache[key] = labels.copy()
-        while len(_dense_cache) > DENSE_CACHE_ENTRIES:
-            _dense_cache.popitem(last=False)
+    _dense_cache.put(key, labels.copy())
     return labels
 
 

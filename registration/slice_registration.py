@@ -17,15 +17,13 @@ forces and Gaussian regularisation of the field, coarse to fine):
 
 from __future__ import annotations
 
-import hashlib
 import os
-import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass
 
 import numpy as np
 
+from registration.memo import ArrayMemo, content_digest
 from registration.resample import resize_field, shrink_mean, smooth_gaussian, warp_bilinear
 
 BACKENDS = ("numpy", "simpleitk")
@@ -69,18 +67,7 @@ def register_slice_pairs(
 #: the same pairs again and again (ACDC: ~0.3 s of a round's compute on one core).
 #: At most 32 KB per entry (2 x 64 x 64 float32 on the working grid).
 FIELD_CACHE_ENTRIES = 1024
-_field_cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
-_field_cache_lock = threading.Lock()
-_field_cache_counts = {"hits": 0, "misses": 0}
-
-
-def _pair_digest(fixed: np.ndarray, moving: np.ndarray, settings: DemonsSettings) -> bytes:
-    digest = hashlib.blake2b(repr(astuple(settings)).encode(), digest_size=16)
-    for image in (fixed, moving):
-        image = np.ascontiguousarray(image)
-        digest.update(f"{image.dtype}{image.shape}".encode())
-        digest.update(image.data)
-    return digest.digest()
+_field_cache = ArrayMemo(FIELD_CACHE_ENTRIES)
 
 
 def register_slice_pairs_memoised(
@@ -93,33 +80,23 @@ def register_slice_pairs_memoised(
     moving = np.asarray(moving, dtype=np.float32)
     if fixed.shape != moving.shape or fixed.ndim != 3:
         raise ValueError(f"expected two (N, h, w) stacks of one shape, got {fixed.shape} and {moving.shape}")
-    keys = [_pair_digest(f, m, settings) for f, m in zip(fixed, moving, strict=True)]
-    found: dict[int, np.ndarray] = {}
-    with _field_cache_lock:
-        for i, key in enumerate(keys):
-            if key in _field_cache:
-                _field_cache.move_to_end(key)
-                found[i] = _field_cache[key]
-        _field_cache_counts["hits"] += len(found)
-        _field_cache_counts["misses"] += len(keys) - len(found)
-    missing = [i for i in range(len(keys)) if i not in found]
+    if fixed.shape[0] == 0:
+        return np.zeros((0, 2) + fixed.shape[1:], dtype=np.float32)
+    label = repr(astuple(settings))
+    keys = [content_digest(label, f, m) for f, m in zip(fixed, moving, strict=True)]
+    fields = [_field_cache.get(key) for key in keys]
+    missing = [i for i, field in enumerate(fields) if field is None]
     if missing:
         computed = register_slice_pairs(fixed[missing], moving[missing], settings)
-        with _field_cache_lock:
-            for i, field in zip(missing, computed, strict=True):
-                found[i] = field
-                _field_cache[keys[i]] = field
-            while len(_field_cache) > FIELD_CACHE_ENTRIES:
-                _field_cache.popitem(last=False)
-    if not keys:
-        return np.zeros((0, 2) + fixed.shape[1:], dtype=np.float32)
-    return np.stack([found[i] for i in range(len(keys))]).astype(np.float32, copy=False)
+        for i, field in zip(missing, computed, strict=True):
+            fields[i] = field
+            _field_cache.put(keys[i], field)
+    return np.stack(fields).astype(np.float32, copy=False)
 
 
 def field_cache_counts() -> dict[str, int]:
     """Hits and misses of :func:`register_slice_pairs_memoised` since the process started."""
-    with _field_cache_lock:
-        return dict(_field_cache_counts)
+    return _field_cache.counts()
 
 
 def _levels(shape: tuple[int, int], count: int) -> list[int]:

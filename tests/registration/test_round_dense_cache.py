@@ -21,8 +21,7 @@ def slice_and_seeds(seed: int = 0):
 
 def test_dense_labels_equal_densify_slice_and_are_reused_only_for_the_same_inputs():
     image, seeds = slice_and_seeds()
-    with round_computation._dense_cache_lock:
-        round_computation._dense_cache.clear()  # other tests' rounds may have filled it
+    round_computation._dense_cache.clear()  # other tests' rounds may have filled it
     before = 0
     first = round_computation.dense_labels(image, seeds, 2)
     np.testing.assert_array_equal(first, densify_slice(image, seeds, 2))
