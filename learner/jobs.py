@@ -34,7 +34,7 @@ from learner.online import (
     replay_slices,
     train_online,
 )
-from learner.registry import ModelRegistry, RegistryError, ValidationCase
+from learner.registry import ModelRegistry, RegistryError, ValidationCase, VersionRecord
 from learner.replay import ReplayBuffer
 
 
@@ -191,6 +191,16 @@ def load_validation_cases(images: list[ValidationImage]) -> list[ValidationCase]
     return [ValidationCase(v.name, load_array(v.image_path), load_array(v.label_path).astype(np.int64)) for v in images]
 
 
+def version_quality(record: VersionRecord) -> float | None:
+    """A version's validation Dice on the project's images when measured, else what an imported
+    checkpoint reported of its own validation, else None."""
+    measured = record.metrics.get("val_dice")
+    if measured is not None:
+        return float(measured)
+    claimed = record.source.get("metadata", {}).get("val_mean_dice") if record.source.get("kind") == "imported" else None
+    return None if claimed is None else float(claimed)
+
+
 def run_train_job(
     job: TrainJob,
     registry: ModelRegistry,
@@ -237,6 +247,7 @@ def run_train_job(
         device=device,
         progress=progress,
         should_stop=should_stop,
+        base_quality=version_quality(registry.record(base)),
     )
     tail = update.losses[-max(1, len(update.losses) // 10) :]
     candidate = registry.add_candidate(
@@ -258,6 +269,7 @@ def run_train_job(
             "seconds": update.seconds,
             "replay_slices": update.replay_slices_used,
             "reference_reliability": prepared.reliability,
+            "kept_share": update.kept_share,
         },
         metadata={"size": settings.size, "method": "online"},
     )

@@ -63,6 +63,8 @@ from registration.labels import one_hot
 #: budget (90 s per accepted image on 2 CPU cores at size 128; docs/benchmarks.md).
 DEFAULT_ONLINE_STEPS = 200
 CONFIDENCE_MODES = ("map", "schedule")
+#: "warmup" spares a trained model the first steps of a fresh AdamW, each about lr in every weight.
+LR_SCHEDULES = ("constant", "warmup")
 
 #: progress(step, total) after each optimiser step.
 ProgressCallback = Callable[[int, int], None]
@@ -103,6 +105,9 @@ class OnlineSettings:
     replay_per_batch: int = 2  # of those, slices from earlier images (at most batch_size − 1) when the buffer has any
     replay_balance: bool = True  # more replay slots as the buffer grows (share n/(n+1) of the free slots for n images)
     learning_rate: float = 1e-3
+    lr_schedule: str = "warmup"  # "warmup": linear from 0 over warmup_fraction of the steps, then constant; "constant"
+    warmup_fraction: float = 0.1
+    keep_fraction_reliable: float = 0.5  # s: the share of an update kept over a base model of validation Dice q is 1 − q·(1 − s)
     weight_decay: float = 1e-4
     confidence_mode: str = "map"  # "map": the proxy's confidence map; "schedule": σ(4(n/N − 0.5))
     schedule_images: int = 20  # N of the schedule
@@ -133,6 +138,12 @@ class OnlineSettings:
             raise ValueError(f"replay_policy must be one of {REPLAY_POLICIES}, got {self.replay_policy!r}")
         if self.schedule_images < 1:
             raise ValueError(f"schedule_images must be at least 1, got {self.schedule_images}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.keep_fraction_reliable <= 1:
+            raise ValueError(f"keep_fraction_reliable must lie in [0, 1], got {self.keep_fraction_reliable}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.crf_weight is not None and self.crf_weight < 0:
@@ -421,6 +432,7 @@ class UpdateResult:
     steps: int
     seconds: float
     replay_slices_used: int
+    kept_share: float = 1.0  # the share of the trained change kept (see kept_share)
 
 
 def _make_batch(
@@ -457,6 +469,22 @@ def _make_batch(
     return {key: value.to(device) for key, value in batch.items()}
 
 
+def job_learning_rate(settings: OnlineSettings, step: int, steps: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of a ``steps``-step update."""
+    base = settings.learning_rate
+    warmup = int(settings.warmup_fraction * steps) if settings.lr_schedule == "warmup" else 0
+    return base * (step + 1) / (warmup + 1) if step < warmup else base
+
+
+def kept_share(settings: OnlineSettings, base_quality: float | None) -> float:
+    """α in ``θ_base + α·(θ_trained − θ_base)``: ``1 − q·(1 − keep_fraction_reliable)`` for a base
+    model of validation Dice q (0 when unmeasured). A model that is already good moves by less
+    (one image of a stream pulls it towards that image; interpolating in weight space keeps
+    most of what it knew), an untrained one takes the whole update."""
+    q = 0.0 if base_quality is None else float(np.clip(base_quality, 0.0, 1.0))
+    return 1.0 - q * (1.0 - settings.keep_fraction_reliable)
+
+
 def train_online(
     model: torch.nn.Module,
     prepared: PreparedImage,
@@ -469,6 +497,7 @@ def train_online(
     device: torch.device | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    base_quality: float | None = None,
 ) -> UpdateResult:
     """``steps`` optimiser steps on ``model`` (changed in place, left in eval mode).
 
@@ -477,7 +506,9 @@ def train_online(
     while the buffer holds no other image): ``k = min(replay_per_batch, batch_size − 1)``,
     or with ``replay_balance`` and ``n`` other images in the buffer the larger of that and a
     Binomial(batch_size − 1, n / (n + 1)) draw, so that batches come close to a uniform draw
-    over the images seen instead of giving the newest one a fixed share.
+    over the images seen instead of giving the newest one a fixed share. The learning rate
+    follows ``job_learning_rate``; at the end the weights move only ``kept_share`` of the way
+    from ``model``'s start (``base_quality``: its validation Dice, None when unmeasured).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -503,6 +534,8 @@ def train_online(
         balanced_share = earlier / (earlier + 1)
     else:
         balanced_share = 0.0
+    keep = kept_share(settings, base_quality)
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if keep < 1 else None
     z = prepared.images.shape[0]
     losses: list[float] = []
     replay_used = 0
@@ -523,10 +556,17 @@ def train_online(
             current = rng.choice(z, size=n_current, replace=True, p=prepared.slice_probabilities)
             batch = _make_batch(prepared, replayed, current, rng, settings, device)
             objective.progress = step / steps
+            for group in optimizer.param_groups:
+                group["lr"] = job_learning_rate(settings, step, steps)
             losses.append(training_step(model, objective, batch, optimizer, precision)["total"])
             replay_used += len(replayed) if replayed is not None else 0
             if progress is not None:
                 progress(step + 1, steps)
+        if start_state is not None:
+            model.load_state_dict({
+                name: start_state[name] + keep * (value - start_state[name]) if value.is_floating_point() else value
+                for name, value in model.state_dict().items()
+            })
     finally:
         model.eval()
-    return UpdateResult(losses, steps, time.perf_counter() - started, replay_used)
+    return UpdateResult(losses, steps, time.perf_counter() - started, replay_used, keep)

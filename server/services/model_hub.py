@@ -75,7 +75,7 @@ class ModelHub:
         self, project_id: int, image_key: object, image_zyx: np.ndarray, size: int, version: int | None = None
     ) -> tuple[int, np.ndarray]:
         """(version, probabilities float32 (C, z, y, x)) for an image (z, y, x); ``version``
-        None = the serving one."""
+        None = the serving one. The untrained version 0 gives uniform probabilities."""
         registry = self.registry(project_id)
         if version is None:
             version = registry.serving_version()
@@ -87,9 +87,16 @@ class ModelHub:
             if cached is not None:
                 self._predictions.move_to_end(key)
                 return version, cached
-        with self._compute_slot():
-            model, _config, _meta = registry.load(version)
-            probabilities = predict_volume(model, image_zyx, size=size)
+        record = registry.record(version)
+        if record.source.get("kind") == "init":
+            # Random weights know nothing: every class equally likely (the opening shows no
+            # structure instead of one class everywhere, and fusion gives it weight 0).
+            num_classes = int(record.network["num_classes"])
+            probabilities = np.full((num_classes, *image_zyx.shape), 1.0 / num_classes, np.float32)
+        else:
+            with self._compute_slot():
+                model, _config, _meta = registry.load(version)
+                probabilities = predict_volume(model, image_zyx, size=size)
         probabilities.setflags(write=False)
         with self._lock:
             self._predictions[key] = probabilities

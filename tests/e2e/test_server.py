@@ -29,7 +29,7 @@ SPACING_XYZ = (1.5, 1.5, 10.0)
 ORIGIN_XYZ = (-120.0, -95.5, 30.0)
 TRAINING_SECONDS = 420
 # One accepted image of three rounds teaches the size-64 network enough to clear these on an
-# unseen image; a random version 0 scores ~0. Measured 2026-11-29 at load 4-7 (600 steps,
+# unseen image; the untrained version 0 opens with no structure (Dice 0). Measured 2026-11-29 at load 4-7 (600 steps,
 # five runs): next image 0.24-0.47, gate on the held-out image 0.28-0.39. The run-to-run
 # spread (bf16 and thread counts that change with the load) is why the floors sit well
 # below the typical values; a model that labels everything background or LV stays under.

@@ -24,6 +24,8 @@ from learner.online import (
     OnlineSettings,
     UpdateCancelled,
     apply_user_labels,
+    job_learning_rate,
+    kept_share,
     label_smoothing_target,
     prepare_image,
     proxy_target,
@@ -267,6 +269,42 @@ def test_update_mixes_replay_slices_into_every_batch(tmp_path):
 
     alone = train_online(model, prepared, settings, steps=2, num_classes=2, replay=replay, image_id="earlier")
     assert alone.replay_slices_used == 0  # its own entry is never replayed
+
+
+def test_learning_rate_warms_up_then_holds():
+    warm = OnlineSettings(learning_rate=1e-3, lr_schedule="warmup", warmup_fraction=0.1)
+    rates = [job_learning_rate(warm, step, 200) for step in range(200)]
+    assert rates[0] == pytest.approx(1e-3 / 21)
+    assert all(a < b for a, b in zip(rates[:20], rates[1:21]))  # rising over the first 10 %
+    assert rates[20:] == [1e-3] * 180
+    flat = OnlineSettings(learning_rate=1e-3, lr_schedule="constant")
+    assert {job_learning_rate(flat, step, 200) for step in range(200)} == {1e-3}
+    with pytest.raises(ValueError, match="lr_schedule"):
+        OnlineSettings(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="keep_fraction_reliable"):
+        OnlineSettings(keep_fraction_reliable=1.5)
+
+
+def test_an_update_over_a_good_model_keeps_only_its_share_of_the_change():
+    settings = OnlineSettings(size=32, batch_size=2, replay_per_batch=0, keep_fraction_reliable=0.5)
+    assert kept_share(settings, None) == 1.0  # unmeasured: an untrained model takes the whole update
+    assert kept_share(settings, 0.0) == 1.0
+    assert kept_share(settings, 0.8) == pytest.approx(0.6)
+    assert kept_share(settings, 1.0) == pytest.approx(0.5)
+
+    image, label = disc_volume(5, shape=(3, 32, 32))
+    changes = {}
+    for quality in (None, 0.8):
+        torch.manual_seed(11)
+        model = build_network(tiny_config(2))
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        prepared = prepare_image(OnlineExample(image, 2, proxy_labels=label), model, settings)
+        result = train_online(model, prepared, settings, steps=3, num_classes=2, base_quality=quality)
+        assert result.kept_share == kept_share(settings, quality)
+        changes[quality] = {k: v - start[k] for k, v in model.state_dict().items() if v.is_floating_point()}
+    for name, full in changes[None].items():
+        assert full.abs().max() > 0 or "num_batches" in name
+        torch.testing.assert_close(changes[0.8][name], 0.6 * full, rtol=1e-4, atol=1e-6)
 
 
 def test_balanced_replay_gives_earlier_images_their_share_of_the_batch(tmp_path):

@@ -64,6 +64,9 @@ def test_open_gives_prediction_uncertainty_and_suggestion(client, uploaded_image
     assert_same_geometry(prediction, uploaded_image)
     assert_same_geometry(uncertainty, uploaded_image)
     assert 0.0 <= uncertainty.array.min() and uncertainty.array.max() <= 1.0
+    # The untrained version 0 knows nothing: no structure in the opening, everything uncertain.
+    assert session["label_counts"]["background"] == int(np.prod(uploaded_image["shape_zyx"]))
+    assert not prediction.array.any() and uncertainty.array.min() == pytest.approx(1.0)
     if session["suggestion"] is not None:
         suggestion = session["suggestion"]
         assert suggestion["centroid_ijk"] == suggestion["centroid_zyx"][::-1]
