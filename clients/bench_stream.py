@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import queue
 import shutil
 import subprocess
@@ -49,7 +48,7 @@ from clients.server_process import ServerProcess
 from learner.bench.offline import write_report_json
 from learner.checkpoints import load_checkpoint
 from learner.data import Case, case_paths, load_case
-from learner.device import resolve_precision
+from learner.device import cpu_model_name, resolve_precision
 from learner.inference import predict_volume
 from learner.metrics import dice_per_class
 from learner.train import TrainSettings
@@ -480,16 +479,6 @@ def train_offline(train: list[tuple[StreamImage, np.ndarray]], holdout: list[Str
 # --- the whole benchmark -----------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _latencies(volumes: list[dict], jobs: list[schemas.JobOut]) -> None:
     """Mark each round with whether a training job ran while it was computed (its own job,
     submitted at the end of the request, does not count)."""
@@ -681,7 +670,7 @@ def _run(url: str, token: str, stream: list[StreamImage],
         phases["offline"] = time.perf_counter() - clock
 
     extra.update({
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "precision": {"online": online_precision(learning), "offline": online_precision(learning),

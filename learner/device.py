@@ -44,6 +44,20 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, for benchmark reports (what ``platform`` says elsewhere)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
     """``auto`` -> ``bf16`` where :func:`bf16_supported`, else ``fp32``; ``bf16`` on a device
     without support is refused rather than silently emulated."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -28,15 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from learner.device import cpu_model_name
 
 
 def _write_case(folder: Path, seed: int) -> tuple[str, str]:
@@ -127,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from learner.worker import WorkerSettings
 
     torch.set_num_threads(args.threads)
-    report = {"cpu": _cpu_model(), "cpus": os.cpu_count(), "load_before": os.getloadavg(),
+    report = {"cpu": cpu_model_name(), "cpus": os.cpu_count(), "load_before": os.getloadavg(),
               "precision": "fp32/bf16 as learner.device picks (auto)", "torch_threads_per_job": args.threads,
               "steps": args.steps, "size": args.size, "latency_jobs": args.latency_jobs,
               "throughput_jobs": args.throughput_jobs, "modes": {}}

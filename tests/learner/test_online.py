@@ -275,7 +275,7 @@ def test_learning_rate_warms_up_then_holds():
     warm = OnlineSettings(learning_rate=1e-3, lr_schedule="warmup", warmup_fraction=0.1)
     rates = [job_learning_rate(warm, step, 200) for step in range(200)]
     assert rates[0] == pytest.approx(1e-3 / 21)
-    assert all(a < b for a, b in zip(rates[:20], rates[1:21]))  # rising over the first 10 %
+    assert all(a < b for a, b in zip(rates[:20], rates[1:21], strict=True))  # rising over the first 10 %
     assert rates[20:] == [1e-3] * 180
     flat = OnlineSettings(learning_rate=1e-3, lr_schedule="constant")
     assert {job_learning_rate(flat, step, 200) for step in range(200)} == {1e-3}
