@@ -4,7 +4,9 @@ For each volume of a data directory, the simulated annotator (``clients.annotato
 the answer of ``registration.round.compute_round`` for a few rounds on the slices the
 policy picks, with a stand-in for the model: ``uniform`` (an untrained model), ``truth``
 (the ground truth one-hot: a perfect model) or ``noisy`` (the truth shifted by a few pixels
-with a class dropped on a third of the slices, 0.85 one-hot + 0.15 uniform: a fair model).
+with a class dropped on a third of the slices, 0.85 one-hot + 0.15 uniform: a fair model), or
+a trained network (``--checkpoint FILE``: its predictions, trusted as far as the validation
+Dice it reports, or ``--validation-dice``).
 Per round it reports the mean foreground Dice of the fused answer and of the proxy alone,
 the model's weight, and where the suggestion for the next round lands: wrong voxels on the
 suggested slice against the mean over the undrawn slices (a random pick) and the worst one.
@@ -49,7 +51,7 @@ def stand_in_model(kind: str, truth: np.ndarray, num_classes: int, rng: np.rando
 
 def simulate_volume(
     image: np.ndarray, truth: np.ndarray, num_classes: int, model: np.ndarray, rounds: int, policy: str,
-    rng: np.random.Generator,
+    rng: np.random.Generator, validation_dice: float | None = None,
 ) -> list[dict]:
     """Rows per round: slice, Dice of fused and proxy, model weight, suggestion hit numbers."""
     seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
@@ -65,7 +67,7 @@ def simulate_volume(
         started = time.perf_counter()
         result = compute_round(
             image, (1.0, 1.0, 1.0), seeds, planes, model, num_classes,
-            previous_segmentation=answer.astype(np.uint8) if number else None,
+            previous_segmentation=answer.astype(np.uint8) if number else None, validation_dice=validation_dice,
         )
         seconds = time.perf_counter() - started
         answer = result.segmentation.astype(np.int64)
@@ -77,6 +79,7 @@ def simulate_volume(
             "round": number + 1,
             "slice": [axis, index],
             "stroke_voxels": int((drawing != UNLABELLED).sum()),
+            "dice_model": mean_foreground_dice(dice_per_class(model.argmax(axis=0), truth, num_classes)),
             "dice_fused": mean_foreground_dice(dice_per_class(answer, truth, num_classes)),
             "dice_proxy": mean_foreground_dice(dice_per_class(result.proxy_labels.astype(np.int64), truth,
                                                               num_classes)),
@@ -96,6 +99,8 @@ def summarize(rows: list[dict]) -> dict:
         "volumes": len(last),
         "final_dice_fused": float(np.mean([r["dice_fused"] for r in last])),
         "final_dice_proxy": float(np.mean([r["dice_proxy"] for r in last])),
+        "dice_model": float(np.mean([r["dice_model"] for r in last])),
+        "rounds_fused_below_model": int(sum(r["dice_fused"] < r["dice_model"] for r in rows)),
         "fused_minus_proxy_all_rounds": float(np.mean([r["dice_fused"] - r["dice_proxy"] for r in rows])),
         "mean_model_weight": float(np.mean([r["model_weight"] for r in rows])),
         "suggested_slice_wrong_voxels": float(np.mean([r["suggested_wrong"] for r in hits])),
@@ -112,21 +117,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--model", choices=MODELS, default="uniform")
+    parser.add_argument("--checkpoint", help="a trained model (learner checkpoint) instead of --model")
+    parser.add_argument("--validation-dice", type=float, default=None,
+                        help="the checkpoint's validation Dice for the fusion (default: what it reports)")
     parser.add_argument("--policy", choices=("residual", "random", "oracle"), default="residual")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the rows and the summary as JSON here")
     options = parser.parse_args(argv)
+    network, validation_dice, size = None, None, None
+    if options.checkpoint:
+        from learner.checkpoints import load_checkpoint
+
+        network, _config, metadata = load_checkpoint(options.checkpoint, device="cpu")
+        size = int(metadata["size"])
+        validation_dice = options.validation_dice if options.validation_dice is not None else metadata.get("val_mean_dice")
     rows = []
     for image_path, label_path in case_paths(options.data)[: options.limit]:
         case = load_case(image_path, label_path)
         truth = np.asarray(case.label, dtype=np.int64)
         num_classes = max(int(truth.max()) + 1, 2)
         rng = np.random.default_rng([options.seed, len(rows)])
-        model = stand_in_model(options.model, truth, num_classes, rng)
-        for row in simulate_volume(case.image.array, truth, num_classes, model, options.rounds, options.policy, rng):
+        if network is not None:
+            from learner.inference import predict_volume
+
+            model = predict_volume(network, case.image.array, size=size, device="cpu")
+        else:
+            model = stand_in_model(options.model, truth, num_classes, rng)
+        for row in simulate_volume(case.image.array, truth, num_classes, model, options.rounds, options.policy, rng,
+                                   validation_dice):
             rows.append({"case": case.name, **row})
             print(json.dumps(rows[-1]), flush=True)
-    summary = {"model": options.model, "policy": options.policy, "rounds": options.rounds, **summarize(rows)}
+    summary = {"model": options.checkpoint or options.model, "validation_dice": validation_dice, "policy": options.policy, "rounds": options.rounds, **summarize(rows)}
     print(json.dumps(summary, indent=1))
     if options.out:
         with open(options.out, "w", encoding="utf-8") as handle:
