@@ -124,18 +124,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the rows and the summary as JSON here")
     options = parser.parse_args(argv)
-    network, validation_dice, size = None, None, None
+    network, network_config, validation_dice, size = None, None, None, None
     if options.checkpoint:
         from learner.checkpoints import load_checkpoint
 
-        network, _config, metadata = load_checkpoint(options.checkpoint, device="cpu")
+        network, network_config, metadata = load_checkpoint(options.checkpoint, device="cpu")
+        if "size" not in metadata:
+            parser.error(f"{options.checkpoint}: the checkpoint does not say its training size")
         size = int(metadata["size"])
         validation_dice = options.validation_dice if options.validation_dice is not None else metadata.get("val_mean_dice")
     rows = []
     for image_path, label_path in case_paths(options.data)[: options.limit]:
         case = load_case(image_path, label_path)
         truth = np.asarray(case.label, dtype=np.int64)
-        num_classes = max(int(truth.max()) + 1, 2)
+        num_classes = max(int(truth.max()) + 1, 2) if network is None else network_config.num_classes
+        if int(truth.max()) >= num_classes:
+            raise SystemExit(f"{case.name}: labels up to {int(truth.max())}, the network predicts {num_classes} classes")
         rng = np.random.default_rng([options.seed, len(rows)])
         if network is not None:
             from learner.inference import predict_volume

@@ -14,6 +14,7 @@ Scribble files hold ``registration.io.volume.UNLABELLED`` where nothing was draw
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -191,14 +192,24 @@ def load_validation_cases(images: list[ValidationImage]) -> list[ValidationCase]
     return [ValidationCase(v.name, load_array(v.image_path), load_array(v.label_path).astype(np.int64)) for v in images]
 
 
+def is_untrained(record: VersionRecord) -> bool:
+    """The initial version: random weights, whose predictions mean nothing."""
+    return record.source.get("kind") == "init"
+
+
 def version_quality(record: VersionRecord) -> float | None:
     """A version's validation Dice on the project's images when measured, else what an imported
-    checkpoint reported of its own validation, else None."""
-    measured = record.metrics.get("val_dice")
-    if measured is not None:
-        return float(measured)
-    claimed = record.source.get("metadata", {}).get("val_mean_dice") if record.source.get("kind") == "imported" else None
-    return None if claimed is None else float(claimed)
+    checkpoint reported of its own validation, else None (always None for the untrained version)."""
+    if is_untrained(record):
+        return None
+    value = record.metrics.get("val_dice")
+    if value is None and record.source.get("kind") == "imported":
+        value = record.source.get("metadata", {}).get("val_mean_dice")
+    try:
+        quality = float(value) if value is not None else None
+    except (TypeError, ValueError):  # metadata from elsewhere: not a number
+        return None
+    return quality if quality is not None and math.isfinite(quality) else None
 
 
 def run_train_job(
@@ -226,14 +237,16 @@ def run_train_job(
         raise RegistryError("the project has no model version yet (create the initial version first)")
     reference = job.reference_version if job.reference_version is not None else base
     model, config, _ = registry.load(base, device=device, fresh=True)
-    reference_model, _, _ = registry.load(reference, device=device)
+    reference_record = registry.record(reference)
+    untrained = is_untrained(reference_record)
+    reference_model = None if untrained else registry.load(reference, device=device)[0]
     if config.num_classes != job.num_classes:
         raise ValueError(f"model version {base} predicts {config.num_classes} classes, the job has {job.num_classes}")
 
     example = load_example(job)
     validation = load_validation_cases(job.validation)
     # The reference's validation Dice (when measured) tells how far its prediction can be trusted.
-    reference_dice = registry.record(reference).metrics.get("val_dice")
+    reference_dice = None if untrained else reference_record.metrics.get("val_dice")
     prepared = prepare_image(example, reference_model, settings, images_seen=job.images_seen,
                              validation_dice=reference_dice, device=device)
     update = train_online(

@@ -351,7 +351,7 @@ def predict_slices(model: torch.nn.Module, images: np.ndarray, device: torch.dev
 
 def prepare_image(
     example: OnlineExample,
-    reference_model: torch.nn.Module,
+    reference_model: torch.nn.Module | None,
     settings: OnlineSettings,
     *,
     images_seen: int = 0,
@@ -360,7 +360,8 @@ def prepare_image(
 ) -> PreparedImage:
     """Trusted targets, loss weights and sampling probabilities of ``example`` at training size.
 
-    ``reference_model`` gives P_prev (it is only evaluated, never changed); its reliability
+    ``reference_model`` gives P_prev (it is only evaluated, never changed; None: an untrained
+    model, P_prev uniform); its reliability
     comes from its agreement with the user's voxels and ``validation_dice`` (its mean Dice
     on the project's validation images, when measured).
     """
@@ -368,7 +369,10 @@ def prepare_image(
     size = settings.size
     c = example.num_classes
     images = resize_images(torch.from_numpy(normalize_intensity(example.image))[:, None], size, size)[:, 0].numpy()
-    previous = predict_slices(reference_model, images, device)
+    if reference_model is None:  # untrained: what the user was shown, every class equally likely
+        previous = np.full((images.shape[0], c, size, size), 1.0 / c, np.float32)
+    else:
+        previous = predict_slices(reference_model, images, device)
     if previous.shape[1] != c:
         raise ValueError(f"the reference model predicts {previous.shape[1]} classes, the image has {c}")
 
@@ -481,7 +485,7 @@ def kept_share(settings: OnlineSettings, base_quality: float | None) -> float:
     model of validation Dice q (0 when unmeasured). A model that is already good moves by less
     (one image of a stream pulls it towards that image; interpolating in weight space keeps
     most of what it knew), an untrained one takes the whole update."""
-    q = 0.0 if base_quality is None else float(np.clip(base_quality, 0.0, 1.0))
+    q = 0.0 if base_quality is None or not math.isfinite(base_quality) else float(np.clip(base_quality, 0.0, 1.0))
     return 1.0 - q * (1.0 - settings.keep_fraction_reliable)
 
 

@@ -64,8 +64,12 @@ class ModelHub:
         return record is not None and record.source.get("kind") != "init"
 
     def validation_dice(self, project_id: int, version: int) -> float | None:
-        """The version's mean validation Dice as the promotion gate last measured it; None if never."""
-        value = self.registry(project_id).record(version).metrics.get("val_dice")
+        """The version's mean validation Dice as the promotion gate last measured it; None if never,
+        and for the untrained version 0 (its prediction here is uniform, not its random network's)."""
+        record = self.registry(project_id).record(version)
+        if record.source.get("kind") == "init":
+            return None
+        value = record.metrics.get("val_dice")
         return None if value is None else float(value)
 
     def versions(self, project_id: int) -> list[VersionRecord]:
