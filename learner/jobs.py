@@ -192,17 +192,10 @@ def load_validation_cases(images: list[ValidationImage]) -> list[ValidationCase]
     return [ValidationCase(v.name, load_array(v.image_path), load_array(v.label_path).astype(np.int64)) for v in images]
 
 
-def is_untrained(record: VersionRecord) -> bool:
-    """The initial version: random weights, whose predictions mean nothing."""
-    return record.source.get("kind") == "init"
-
-
 def version_quality(record: VersionRecord) -> float | None:
     """A version's validation Dice on the project's images when measured, else what an imported
     checkpoint reported of its own validation, else None (always None for the untrained version)."""
-    if is_untrained(record):
-        return None
-    value = record.metrics.get("val_dice")
+    value = record.validation_dice
     if value is None and record.source.get("kind") == "imported":
         value = record.source.get("metadata", {}).get("val_mean_dice")
     try:
@@ -238,17 +231,15 @@ def run_train_job(
     reference = job.reference_version if job.reference_version is not None else base
     model, config, _ = registry.load(base, device=device, fresh=True)
     reference_record = registry.record(reference)
-    untrained = is_untrained(reference_record)
-    reference_model = None if untrained else registry.load(reference, device=device)[0]
+    reference_model = None if reference_record.untrained else registry.load(reference, device=device)[0]
     if config.num_classes != job.num_classes:
         raise ValueError(f"model version {base} predicts {config.num_classes} classes, the job has {job.num_classes}")
 
     example = load_example(job)
     validation = load_validation_cases(job.validation)
     # The reference's validation Dice (when measured) tells how far its prediction can be trusted.
-    reference_dice = None if untrained else reference_record.metrics.get("val_dice")
     prepared = prepare_image(example, reference_model, settings, images_seen=job.images_seen,
-                             validation_dice=reference_dice, device=device)
+                             validation_dice=reference_record.validation_dice, device=device)
     update = train_online(
         model,
         prepared,

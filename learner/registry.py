@@ -81,6 +81,18 @@ class VersionRecord:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def untrained(self) -> bool:
+        """The initial version: random weights, whose predictions mean nothing."""
+        return self.source.get("kind") == "init"
+
+    @property
+    def validation_dice(self) -> float | None:
+        """Mean validation Dice as the promotion gate last measured it; None if never, and for
+        the untrained version (what it is shown as is uniform, not its random network)."""
+        value = None if self.untrained else self.metrics.get("val_dice")
+        return None if value is None else float(value)
+
 
 @dataclass
 class ValidationCase:

@@ -61,16 +61,11 @@ class ModelHub:
     def has_useful_model(self, project_id: int) -> bool:
         """False while the serving model is the untrained version 0 (random weights)."""
         record = self.registry(project_id).serving_record()
-        return record is not None and record.source.get("kind") != "init"
+        return record is not None and not record.untrained
 
     def validation_dice(self, project_id: int, version: int) -> float | None:
-        """The version's mean validation Dice as the promotion gate last measured it; None if never,
-        and for the untrained version 0 (its prediction here is uniform, not its random network's)."""
-        record = self.registry(project_id).record(version)
-        if record.source.get("kind") == "init":
-            return None
-        value = record.metrics.get("val_dice")
-        return None if value is None else float(value)
+        """``VersionRecord.validation_dice`` of the version (None for the untrained version 0)."""
+        return self.registry(project_id).record(version).validation_dice
 
     def versions(self, project_id: int) -> list[VersionRecord]:
         return self.registry(project_id).versions()
@@ -92,7 +87,7 @@ class ModelHub:
                 self._predictions.move_to_end(key)
                 return version, cached
         record = registry.record(version)
-        if record.source.get("kind") == "init":
+        if record.untrained:
             # Random weights know nothing: every class equally likely (the opening shows no
             # structure instead of one class everywhere, and fusion gives it weight 0).
             num_classes = int(record.network["num_classes"])
