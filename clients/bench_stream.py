@@ -51,6 +51,7 @@ from learner.data import Case, case_paths, load_case
 from learner.device import cpu_model_name, resolve_precision
 from learner.inference import predict_volume
 from learner.metrics import dice_per_class
+from learner.registry import TRAINED_SOURCES
 from learner.train import TrainSettings
 from learner.train import train as train_model
 from registration.io.volume import Volume, read_volume, write_volume_atomic
@@ -326,6 +327,8 @@ def annotate_image(
     }
     if options.wait and accepted.job_id is not None:
         volume["accept_job"] = wait_for_job(client, accepted.job_id, options.job_timeout).model_dump(mode="json")
+        if options.annotators == 1:  # and for the consolidation job it started: learning from this image
+            client.wait_for_jobs(image.project_id, options.job_timeout, poll=POLL_SECONDS)
     return volume
 
 
@@ -608,7 +611,7 @@ def _run(url: str, token: str, stream: list[StreamImage],
         jobs_by_id = {j.id: j for j in jobs}
         models = admin.list_models(project.id)
         versions = [{"version": v.version, "created_at": v.created_at, "promoted": bool(v.promoted),
-                     "gated": v.source == "online"} for v in models.versions]
+                     "gated": v.source in TRAINED_SOURCES} for v in models.versions]
         for volume in shared.volumes:
             job = jobs_by_id.get(volume["accept_job_id"]) if volume["accept_job_id"] is not None else None
             if job is not None:
@@ -624,6 +627,7 @@ def _run(url: str, token: str, stream: list[StreamImage],
             "errors": len(shared.errors),
             "error_messages": shared.errors[:50],
             "jobs": {state: sum(j.state == state for j in jobs) for state in sorted({j.state for j in jobs})},
+            "jobs_by_trigger": {t: sum(j.trigger == t for j in jobs) for t in sorted({j.trigger for j in jobs})},
             "model_versions": len(models.versions),
             "serving_version": models.serving_version,
             "phase_seconds": phases,

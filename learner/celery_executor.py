@@ -12,6 +12,10 @@ the same job function as ``EmbeddedExecutor``. This object lives in the server p
 - The monitor thread also reads each unfinished job's Celery state (``PROGRESS`` meta
   from the task, then its result) and reports changes to ``on_change`` from a notifier
   thread, as ``EmbeddedExecutor`` does.
+- An accept job ends its project's consolidation jobs (``TrainJob.stops``): one in the outbox
+  at once, one sent through a cancel request that the worker reads at its start or next step.
+  (A round job of the accepted image keeps running: its own newest-job record supersedes it
+  only before it starts.)
 - A job that was sent before (the server restarted and submits its unfinished jobs
   again) is not sent a second time: the executor follows the existing message.
 - ``shutdown`` stops watching; it cancels nothing, because queued and running jobs
@@ -37,7 +41,7 @@ from learner.executors import (
     StateCallback,
     UnknownJob,
 )
-from learner.jobs import TrainJob
+from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob
 from learner.worker import PROGRESS_STATE, TRAIN_TASK, WorkerSettings, coordination_for, create_app
 
 log = logging.getLogger(__name__)
@@ -104,9 +108,17 @@ class CeleryExecutor(JobBook):
                 self._finish(old.job_id, JobState.SUPERSEDED, superseded_by=job.job_id)
             else:
                 self._outbox.append(job)
+            for waiting in [q for q in self._outbox if q is not job and job.stops(q)]:
+                self._outbox.remove(waiting)
+                self._finish(waiting.job_id, JobState.CANCELLED, superseded_by=job.job_id,
+                             error=f"superseded by accept job {job.job_id} before it was sent")
+            stopping = [s.job_id for s in self._jobs.values() if s.job_id in self._sent and not s.state.finished
+                        and _stopped_by(job, s)]
             self._emit(status)
             self._lock.notify_all()
-            return job.job_id
+        for job_id in stopping:  # a worker ends it at its start or next step; its state comes from there
+            self._coordination.request_cancel(job_id)
+        return job.job_id
 
     def queue_depth(self) -> int:
         """Jobs waiting for a worker (not counting running ones)."""
@@ -242,3 +254,10 @@ class CeleryExecutor(JobBook):
         elif state == "REVOKED":
             self._finish(job_id, JobState.CANCELLED, error="revoked")
         # PENDING / RECEIVED / RETRY: still queued
+
+
+def _stopped_by(job: TrainJob, sent: JobStatus) -> bool:
+    """Whether ``job`` stops the sent job ``sent`` (its payload is with the broker): only
+    consolidation jobs are stopped this way (``TrainJob.stops``)."""
+    return (job.is_final and sent.project_id == job.project_id and sent.image_id == CONSOLIDATION_IMAGE_ID)
+

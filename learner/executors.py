@@ -14,9 +14,12 @@ job with the same key is still queued marks the queued one ``superseded`` (with 
 the job that replaced it) and puts the new one in its place in the queue, so an image's
 newest round is trained once instead of every round in turn. A running round job is not
 interrupted by a newer round (the new job queues behind it), but an accept job
-(``TrainJob.is_final``) stops a running round job of its image at the next step (state
-``cancelled``): the accepted label supersedes the round's proxy, and the new model should
-not wait for training that is thrown away (annotation-to-model latency).
+(``TrainJob.is_final``) stops a running round job of its image, or a consolidation job of its
+project, at the next step (state ``cancelled``; ``TrainJob.stops``; a queued consolidation
+job of the project is cancelled at once): the accepted label
+supersedes the round's proxy, consolidation can run again later, and the new model should
+not wait for either (annotation-to-model latency). Consolidation jobs (no image) coalesce
+per project.
 
 State changes (and progress, at most every ``progress_interval`` seconds) are reported
 to ``on_change(JobStatus)`` from a separate notifier thread, in the order they happened,
@@ -255,9 +258,12 @@ class EmbeddedExecutor(JobBook):
                 self._finish(old.job_id, JobState.SUPERSEDED, superseded_by=job.job_id)
             else:
                 self._queue.append(job)
+            for waiting in [q for q in self._queue if q is not job and job.stops(q)]:
+                self._queue.remove(waiting)
+                self._finish(waiting.job_id, JobState.CANCELLED, superseded_by=job.job_id,
+                             error=f"superseded by accept job {job.job_id} before it started")
             running = self._running_job
-            if (job.is_final and running is not None and not running.is_final
-                    and running.coalesce_key == job.coalesce_key):
+            if running is not None and job.stops(running):
                 self._stop_requested.add(running.job_id)
                 self._superseded_running[running.job_id] = job.job_id
             self._emit(status)

@@ -38,6 +38,9 @@ from learner.online import (
 from learner.registry import ModelRegistry, RegistryError, ValidationCase, VersionRecord
 from learner.replay import ReplayBuffer
 
+#: The ``image_id`` of every consolidation job: they share one coalescing key per project.
+CONSOLIDATION_IMAGE_ID = ""
+
 
 @dataclass
 class ValidationImage:
@@ -50,7 +53,10 @@ class ValidationImage:
 
 @dataclass
 class TrainJob:
-    """One online update of a project's model from one image (JSON-serialisable).
+    """One online update of a project's model from one image (JSON-serialisable), or a
+    consolidation update from the project's replay buffer alone (``image_path`` None: every
+    batch drawn uniformly over the images stored so far, as offline training would; run
+    while no image waits, see ``is_consolidation``).
 
     base_version: the version whose weights are fine-tuned; None = the serving version
         when the job starts (so a queued job builds on whatever was promoted meanwhile).
@@ -66,7 +72,7 @@ class TrainJob:
     project_id: str
     image_id: str
     round_id: str
-    image_path: str
+    image_path: str | None
     num_classes: int
     base_version: int | None = None
     reference_version: int | None = None
@@ -91,6 +97,26 @@ class TrainJob:
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         OnlineSettings.from_dict(self.settings)  # fail at submission, not in the worker
+        if self.is_consolidation and (self.image_id != CONSOLIDATION_IMAGE_ID
+                                      or any(getattr(self, name) is not None for name in _IMAGE_FILES)):
+            raise ValueError(f"a consolidation job (no image_path) takes no image files and image_id "
+                             f"{CONSOLIDATION_IMAGE_ID!r}")
+        if not self.is_consolidation and self.image_id == CONSOLIDATION_IMAGE_ID:
+            raise ValueError(f"image_id {CONSOLIDATION_IMAGE_ID!r} is reserved for consolidation jobs")
+
+    @property
+    def is_consolidation(self) -> bool:
+        """Trains on the replay buffer only (no image of its own)."""
+        return self.image_path is None
+
+    def stops(self, running: TrainJob) -> bool:
+        """Whether submitting this job stops ``running`` at its next step: an accept job stops a
+        round job of its image (the accepted label supersedes the round's proxy) and a
+        consolidation job of its project (which runs only while no image waits), so the new
+        model never waits for training that is thrown away or can run later."""
+        if not self.is_final or running.is_final or running.project_id != self.project_id:
+            return False
+        return running.is_consolidation or running.coalesce_key == self.coalesce_key
 
     @property
     def is_final(self) -> bool:
@@ -119,6 +145,10 @@ class TrainJob:
     @classmethod
     def from_json(cls, text: str) -> TrainJob:
         return cls.from_dict(json.loads(text))
+
+
+_IMAGE_FILES = ("proxy_labels_path", "proxy_probabilities_path", "confidence_path", "scribble_path",
+                "accepted_label_path")
 
 
 @dataclass
@@ -230,16 +260,20 @@ def run_train_job(
         raise RegistryError("the project has no model version yet (create the initial version first)")
     reference = job.reference_version if job.reference_version is not None else base
     model, config, _ = registry.load(base, device=device, fresh=True)
-    reference_record = registry.record(reference)
-    reference_model = None if reference_record.untrained else registry.load(reference, device=device)[0]
     if config.num_classes != job.num_classes:
         raise ValueError(f"model version {base} predicts {config.num_classes} classes, the job has {job.num_classes}")
-
-    example = load_example(job)
+    if job.is_consolidation:
+        if replay is None or len(replay) == 0:
+            raise ValueError("nothing to consolidate: the project's replay buffer holds no image")
+        prepared = None
+    else:
+        reference_record = registry.record(reference)
+        reference_model = None if reference_record.untrained else registry.load(reference, device=device)[0]
+        example = load_example(job)
+        # The reference's validation Dice (when measured) tells how far its prediction can be trusted.
+        prepared = prepare_image(example, reference_model, settings, images_seen=job.images_seen,
+                                 validation_dice=reference_record.validation_dice, device=device)
     validation = load_validation_cases(job.validation)
-    # The reference's validation Dice (when measured) tells how far its prediction can be trusted.
-    prepared = prepare_image(example, reference_model, settings, images_seen=job.images_seen,
-                             validation_dice=reference_record.validation_dice, device=device)
     update = train_online(
         model,
         prepared,
@@ -247,7 +281,7 @@ def run_train_job(
         steps=job.steps,
         num_classes=job.num_classes,
         replay=replay,
-        image_id=job.image_id,
+        image_id=None if job.is_consolidation else job.image_id,
         device=device,
         progress=progress,
         should_stop=should_stop,
@@ -259,7 +293,7 @@ def run_train_job(
         config,
         parent=base,
         source={
-            "kind": "online",
+            "kind": "consolidation" if job.is_consolidation else "online",
             "project_id": job.project_id,
             "image_id": job.image_id,
             "round_id": job.round_id,
@@ -272,7 +306,7 @@ def run_train_job(
             "steps": update.steps,
             "seconds": update.seconds,
             "replay_slices": update.replay_slices_used,
-            "reference_reliability": prepared.reliability,
+            "reference_reliability": prepared.reliability if prepared is not None else None,
             "kept_share": update.kept_share,
         },
         metadata={"size": settings.size, "method": "online"},
@@ -281,7 +315,7 @@ def run_train_job(
         candidate.version, validation, settings.promotion_tolerance, size=settings.size, device=device
     )
     stored = False
-    if replay is not None:
+    if replay is not None and prepared is not None:
         stored = replay.add(job.image_id, replay_slices(prepared, settings.replay_slices_per_image, settings.seed))
     return TrainResult(
         job_id=job.job_id,

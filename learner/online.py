@@ -62,6 +62,10 @@ from registration.labels import one_hot
 #: Optimiser steps per online job unless a job says otherwise: what fits the annotation-to-model
 #: budget (90 s per accepted image on 2 CPU cores at size 128; docs/benchmarks.md).
 DEFAULT_ONLINE_STEPS = 200
+#: Steps of the consolidation job that follows each accepted image (training on the replay buffer
+#: alone while no image waits; learner.jobs.TrainJob.is_consolidation): the cold start's lever,
+#: chosen with learner/bench/online_stream.py --consolidate-steps (docs/benchmarks.md).
+DEFAULT_CONSOLIDATION_STEPS = 200
 CONFIDENCE_MODES = ("map", "schedule")
 #: "warmup" spares a trained model the first steps of a fresh AdamW, each about lr in every weight.
 LR_SCHEDULES = ("constant", "warmup")
@@ -440,17 +444,19 @@ class UpdateResult:
 
 
 def _make_batch(
-    prepared: PreparedImage,
+    prepared: PreparedImage | None,
     replay: SoftSlices | None,
     current: np.ndarray,
     rng: np.random.Generator,
     settings: OnlineSettings,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    images = [prepared.images[current]]
-    targets = [prepared.targets[current]]
-    weights = [prepared.weights[current]]
-    scribbles = [prepared.scribble[current]]
+    images, targets, weights, scribbles = [], [], [], []
+    if prepared is not None:
+        images.append(prepared.images[current])
+        targets.append(prepared.targets[current])
+        weights.append(prepared.weights[current])
+        scribbles.append(prepared.scribble[current])
     if replay is not None:
         images.append(replay.images)
         targets.append(replay.targets)
@@ -491,7 +497,7 @@ def kept_share(settings: OnlineSettings, base_quality: float | None) -> float:
 
 def train_online(
     model: torch.nn.Module,
-    prepared: PreparedImage,
+    prepared: PreparedImage | None,
     settings: OnlineSettings,
     *,
     steps: int = DEFAULT_ONLINE_STEPS,
@@ -513,9 +519,14 @@ def train_online(
     over the images seen instead of giving the newest one a fixed share. The learning rate
     follows ``job_learning_rate``; at the end the weights move only ``kept_share`` of the way
     from ``model``'s start (``base_quality``: its validation Dice, None when unmeasured).
+
+    ``prepared`` None consolidates: every slot of every batch comes from ``replay`` (drawn
+    uniformly over its images), which must hold at least one image.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    if prepared is None and (replay is None or len(replay) == 0):
+        raise ValueError("a consolidation update needs a replay buffer holding at least one image")
     from learner.objective import ObjectiveWeights, build_objective
     from learner.train import training_step
 
@@ -528,7 +539,8 @@ def train_online(
     objective = build_objective("online", num_classes, weights).to(device)
     objective.bind(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    rng = np.random.default_rng([settings.seed, steps, prepared.images.shape[0]])
+    z = prepared.images.shape[0] if prepared is not None else 0
+    rng = np.random.default_rng([settings.seed, steps, z])
     exclude = [image_id] if image_id is not None else []
     replay_slots = min(settings.replay_per_batch, settings.batch_size - 1)  # always some of this image
     if settings.replay_balance and replay is not None:
@@ -540,7 +552,6 @@ def train_online(
         balanced_share = 0.0
     keep = kept_share(settings, base_quality)
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if keep < 1 else None
-    z = prepared.images.shape[0]
     losses: list[float] = []
     replay_used = 0
     started = time.perf_counter()
@@ -549,15 +560,22 @@ def train_online(
             if should_stop is not None and should_stop():
                 raise UpdateCancelled(f"stopped after {step} of {steps} steps")
             replayed = None
-            slots = max(replay_slots, int(rng.binomial(settings.batch_size - 1, balanced_share))) if balanced_share else replay_slots
+            if prepared is None:
+                slots = settings.batch_size
+            elif balanced_share:
+                slots = max(replay_slots, int(rng.binomial(settings.batch_size - 1, balanced_share)))
+            else:
+                slots = replay_slots
             if replay is not None and slots > 0:
                 replayed = replay.sample(slots, rng, exclude=exclude)
-                if replayed is not None and replayed.images.shape[1:] != prepared.images.shape[1:]:
+                size_hw = prepared.images.shape[1:] if prepared is not None else (settings.size, settings.size)
+                if replayed is not None and replayed.images.shape[1:] != size_hw:
                     from learner.replay import resize_soft_slices
 
-                    replayed = resize_soft_slices(replayed, prepared.images.shape[1:])
+                    replayed = resize_soft_slices(replayed, size_hw)
             n_current = settings.batch_size - (len(replayed) if replayed is not None else 0)
-            current = rng.choice(z, size=n_current, replace=True, p=prepared.slice_probabilities)
+            current = (rng.choice(z, size=n_current, replace=True, p=prepared.slice_probabilities)
+                       if prepared is not None else np.zeros(0, np.int64))
             batch = _make_batch(prepared, replayed, current, rng, settings, device)
             objective.progress = step / steps
             for group in optimizer.param_groups:

@@ -66,12 +66,16 @@ class CheckpointMismatch(ValueError):
     """An imported checkpoint does not fit the project (classes or input channels)."""
 
 
+#: Source kinds of versions trained by online jobs, each judged by the promotion gate.
+TRAINED_SOURCES = ("online", "consolidation")
+
+
 @dataclass
 class VersionRecord:
     version: int
     parent: int | None
     created_at: str  # ISO 8601, UTC
-    source: dict  # {"kind": "init" | "imported" | "online", ...}
+    source: dict  # {"kind": "init" | "imported" | "online" | "consolidation", ...}
     status: str
     reason: str
     checkpoint: str  # file name under versions/

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from learner.online import DEFAULT_CONSOLIDATION_STEPS
+
 Point3 = tuple[float, float, float]
 MAX_CHANNELS = 512  # widest UNet level a project may ask for
 PointSpace = Literal["index", "physical"]
@@ -68,6 +70,12 @@ class LearningSettings(BaseModel):
     """
 
     steps: int = Field(ge=1, le=100_000, description="Optimiser steps per training job.")
+    # Projects stored before consolidation existed read the default.
+    consolidation_steps: int = Field(
+        DEFAULT_CONSOLIDATION_STEPS, ge=0, le=100_000,
+        description="Optimiser steps of the consolidation job after each accepted image: the model trains on "
+                    "the replay buffer alone (every accepted image alike) while no image waits; 0: none.",
+    )
     channels: list[int] = Field(min_length=2, max_length=7, description="UNet widths (fixed at creation).")
     validation_every: int = Field(
         ge=0, description="Every n-th uploaded image is held out for validation (0: none)."
@@ -82,6 +90,7 @@ class LearningSettingsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: int | None = Field(None, ge=1, le=100_000)
+    consolidation_steps: int | None = Field(None, ge=0, le=100_000)
     validation_every: int | None = Field(None, ge=0)
     train_on_rounds: bool | None = None
     online: dict[str, Any] | None = None

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # Equal to learner.online.DEFAULT_ONLINE_STEPS and OnlineSettings().replay_capacity (tests/test_online.py
     # checks); chosen with learner/bench/online_stream.py (docs/benchmarks.md, "Online learning along a stream").
     online_steps: int = Field(200, ge=1, description="Optimiser steps per online training job.")
+    # Equal to learner.online.DEFAULT_CONSOLIDATION_STEPS (tests/test_online.py checks).
+    consolidation_steps: int = Field(
+        200, ge=0, le=100_000,
+        description="Optimiser steps on the replay buffer alone after each accepted image (0: none).",
+    )
     promotion_tolerance: float = Field(0.02, ge=0, description="Allowed validation Dice drop.")
     replay_capacity: int = Field(100, ge=0, le=1000, description="Earlier images kept in the replay buffer.")
     validation_every: int = Field(

@@ -77,6 +77,7 @@ def settings(data_dir, database_url):
         model_size=32,
         model_channels=(4, 8, 16),
         online_steps=2,
+        consolidation_steps=0,  # tests of consolidation turn it on
         replay_capacity=1,
         validation_every=0,
         max_upload_mb=2,

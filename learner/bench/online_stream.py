@@ -39,7 +39,7 @@ import torch
 
 from learner.bench.propagate import choose_axis, choose_slices
 from learner.data import Case, case_paths, load_case
-from learner.jobs import TrainJob, ValidationImage, run_train_job
+from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob, ValidationImage, run_train_job
 from learner.online import OnlineSettings
 from learner.registry import ModelRegistry, ValidationCase, mean_validation_dice
 from learner.replay import ReplayBuffer
@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="holdout Dice of every candidate, to compare with the gate's verdicts")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="an offline checkpoint served from the start (warm start), as the server's import")
+    parser.add_argument("--consolidate-steps", type=int, default=0,
+                        help="after each accept job, a consolidation job of N steps on the replay buffer alone")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "command": " ".join(sys.argv), "train": str(args.train), "holdout": [c.name for c in holdout],
         "num_classes": num_classes, "steps": steps, "settings": settings.to_dict(), "accepted": args.accepted,
-        "round_jobs": not args.no_round_jobs, "threads": args.threads,
+        "round_jobs": not args.no_round_jobs, "consolidate_steps": args.consolidate_steps, "threads": args.threads,
         "holdout_dice_v0": case_dice(v0, holdout, num_classes, size), "images": [], "jobs": [],
     }
     log(f"{len(stream_paths)} stream volumes, {len(holdout)} holdout volumes, {num_classes} classes, "
@@ -222,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
                                            **common)))
         jobs.append(("accept", TrainJob(round_id=f"accept-{case.name}", accepted_label_path=accepted_file,
                                         scribble_path=files["scribble"], **common)))
+        if args.consolidate_steps:
+            jobs.append(("consolidate", TrainJob(
+                project_id="stream", image_id=CONSOLIDATION_IMAGE_ID, round_id=f"consolidate-{position}", image_path=None,
+                num_classes=num_classes, validation=list(validation), images_seen=trained + 1,
+                steps=args.consolidate_steps, settings=settings.to_dict())))
         for kind, job in jobs:
             wall, cpu_time = time.perf_counter(), time.process_time()
             result = run_train_job(job, registry, replay, device=cpu)

@@ -8,6 +8,7 @@ from server import schemas
 from server.context import AppContext
 from server.services import history, images, training
 from server.services.models import version_out
+from server.services.training import CONSOLIDATION_TRIGGER
 from server.storage.tables import Project
 
 
@@ -45,7 +46,8 @@ def learning_curve(ctx: AppContext, db: Session, project: Project) -> schemas.Le
 
 def annotation_to_model_seconds(job) -> float | None:
     """From a job's round (or accept), when it was queued, to its new model version; None
-    unless the job succeeded. ``job``: a ``TrainingJob`` row or a ``schemas.JobOut``."""
-    if job.state != "succeeded" or job.finished_at is None:
+    unless the job succeeded, and for consolidation jobs (no annotation behind them).
+    ``job``: a ``TrainingJob`` row or a ``schemas.JobOut``."""
+    if job.state != "succeeded" or job.finished_at is None or job.trigger == CONSOLIDATION_TRIGGER:
         return None
     return (job.finished_at - job.created_at).total_seconds()

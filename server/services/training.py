@@ -1,6 +1,10 @@
 """Online learning jobs: built from stored rounds, run by an executor, tracked in the database.
 
 A job is submitted after each round (unless the project turned that off) and on accept.
+When an accept job has succeeded, a consolidation job follows (``consolidation_steps`` of
+the project's learning settings; 0: none): it trains on the replay buffer alone, every
+accepted image alike, while no image waits, and an accept job stops it (the executors'
+rule), so it never delays a new model. Its row has no image (trigger ``consolidate``).
 Its ``learner.jobs.TrainJob`` payload names the round's files, the project's held-out
 validation images and settings; it is stored in the job's row before it goes to the
 executor, so jobs that were queued or running when the server stopped are submitted
@@ -19,7 +23,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from learner.executors import Executor, ExecutorFactory, JobStatus, QueueFull, UnknownJob
-from learner.jobs import TrainJob, ValidationImage
+from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob, ValidationImage
+from learner.online import DEFAULT_CONSOLIDATION_STEPS
 from server.auth import Principal
 from server.errors import NotFound
 from server.metrics import Metrics
@@ -29,6 +34,9 @@ from server.storage.tables import Image, Project, TrainingJob
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("queued", "running")
+#: Jobs on an accepted label: once one succeeds, the project's consolidation job follows.
+ACCEPTED_TRIGGERS = ("accept", "train")
+CONSOLIDATION_TRIGGER = "consolidate"
 
 
 class TrainingService:
@@ -119,22 +127,6 @@ class TrainingService:
         """The job's payload: the round's files, the project's held-out validation images, settings."""
         learning = project.learning
         store = self._datastore
-        validation = [
-            ValidationImage(name=str(v.id), image_path=str(store.resolve(v.path)),
-                            label_path=str(store.resolve(v.accepted_path)))
-            for v in db.scalars(
-                select(Image).where(
-                    Image.project_id == project.id, Image.is_validation.is_(True),
-                    Image.accepted_path.is_not(None),
-                ).order_by(Image.id)
-            )
-        ]
-        images_seen = db.scalar(
-            select(func.count(Image.id)).where(
-                Image.project_id == project.id, Image.status == "accepted", Image.id != image.id,
-                Image.is_validation.is_(False),
-            )
-        ) or 0
         return TrainJob(
             project_id=str(project.id),
             image_id=str(image.id),
@@ -147,13 +139,62 @@ class TrainingService:
             confidence_path=_optional(files.get("confidence")),
             scribble_path=_optional(files.get("scribble")),
             accepted_label_path=_optional(files.get("accepted_label")),
-            validation=validation,
-            images_seen=int(images_seen),
+            validation=self._validation_images(db, project),
+            images_seen=_accepted_images(db, project, excluding=image.id),
             steps=int(learning["steps"]),
             settings=dict(learning["online"]),
             registry_root=str(store.models_dir(project.id)),
             replay_root=str(store.replay_dir(project.id)),
         )
+
+    def _validation_images(self, db: Session, project: Project) -> list[ValidationImage]:
+        """The project's held-out images with an accepted label, for the promotion gate."""
+        store = self._datastore
+        return [
+            ValidationImage(name=str(v.id), image_path=str(store.resolve(v.path)),
+                            label_path=str(store.resolve(v.accepted_path)))
+            for v in db.scalars(
+                select(Image).where(
+                    Image.project_id == project.id, Image.is_validation.is_(True),
+                    Image.accepted_path.is_not(None),
+                ).order_by(Image.id)
+            )
+        ]
+
+    def submit_consolidation(self, project_id: int, created_by: str) -> TrainingJob | None:
+        """Queue a consolidation job of the project (None when its settings ask for none or no
+        image has been accepted for training yet); a queued one of the project is superseded."""
+        with self._session_factory() as db:
+            project = db.get(Project, project_id)
+            if project is None:
+                return None
+            learning = project.learning
+            steps = int(learning.get("consolidation_steps", DEFAULT_CONSOLIDATION_STEPS))
+            accepted = _accepted_images(db, project)
+            if steps < 1 or accepted < 1 or int(learning["online"].get("replay_capacity", 1)) < 1:
+                return None
+            store = self._datastore
+            job = TrainJob(
+                project_id=str(project.id),
+                image_id=CONSOLIDATION_IMAGE_ID,
+                round_id=f"consolidate-{accepted}",
+                image_path=None,
+                num_classes=len(project.labels),
+                validation=self._validation_images(db, project),
+                images_seen=accepted,
+                steps=steps,
+                settings=dict(learning["online"]),
+                registry_root=str(store.models_dir(project.id)),
+                replay_root=str(store.replay_dir(project.id)),
+            )
+            row = TrainingJob(project_id=project.id, image_id=None, round_id=None, trigger=CONSOLIDATION_TRIGGER,
+                              executor_id=job.job_id, state="queued", payload=job.to_dict(), created_by=created_by)
+            db.add(row)
+            db.commit()
+            db.refresh(row)
+        self._metrics.jobs.labels(state="queued").inc()
+        self._send(job)
+        return row
 
     def _send(self, job: TrainJob) -> None:
         if self._executor is None:
@@ -213,11 +254,27 @@ class TrainingService:
             changes["message"] = status.error
         elif status.superseded_by:
             changes["message"] = "superseded by a newer round of the same image"
+        if state == "succeeded" and not self._stopping.is_set():
+            try:
+                self._consolidate_after(status.job_id)
+            except Exception:  # the accept job's own result must be recorded whatever happens here
+                log.exception("no consolidation job could be queued after job %s", status.job_id)
         if self._record(status.job_id, changes) and status.state.finished:
             self._metrics.jobs.labels(state=state).inc()
             if status.started_at and status.finished_at:
                 self._metrics.job_seconds.labels(state=state).observe(status.finished_at - status.started_at)
         self._metrics.queue_depth.set(self.queue_depth())
+
+    def _consolidate_after(self, executor_id: str) -> None:
+        """Queue the project's consolidation job when ``executor_id`` is an accept job. Called
+        before its success is recorded, so whoever waits for the project's jobs to finish
+        sees the consolidation job queued, never a gap between the two."""
+        with self._session_factory() as db:
+            row = db.scalar(select(TrainingJob).where(TrainingJob.executor_id == executor_id))
+            if row is None or row.trigger not in ACCEPTED_TRIGGERS or row.state == "succeeded":
+                return
+            project_id, created_by = row.project_id, row.created_by
+        self.submit_consolidation(project_id, created_by)
 
     def _record(self, executor_id: str, changes: dict[str, Any]) -> bool:
         with self._session_factory() as db:
@@ -228,6 +285,15 @@ class TrainingService:
                 setattr(row, key, value)
             db.commit()
             return True
+
+
+def _accepted_images(db: Session, project: Project, excluding: int | None = None) -> int:
+    """Images of the project accepted for training (validation images do not train)."""
+    query = select(func.count(Image.id)).where(
+        Image.project_id == project.id, Image.status == "accepted", Image.is_validation.is_(False))
+    if excluding is not None:
+        query = query.where(Image.id != excluding)
+    return int(db.scalar(query) or 0)
 
 
 def _optional(path: Path | None) -> str | None:

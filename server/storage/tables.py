@@ -169,7 +169,7 @@ class TrainingJob(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     image_id: Mapped[int | None] = mapped_column(Integer, index=True)
     round_id: Mapped[int | None] = mapped_column(Integer)
-    trigger: Mapped[str] = mapped_column(String(16))  # round | accept | train
+    trigger: Mapped[str] = mapped_column(String(16))  # round | accept | train | consolidate
     executor_id: Mapped[str | None] = mapped_column(String(64), index=True)
     state: Mapped[str] = mapped_column(String(16), default="queued")
     progress: Mapped[float] = mapped_column(Float, default=0.0)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from learner.executors import EmbeddedExecutor, JobState, QueueFull, UnknownJob
-from learner.jobs import TrainJob
+from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob
 from tests.helpers import new_registry, write_project_files
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -167,3 +167,36 @@ def test_the_queue_is_bounded_and_shutdown_cancels_what_waits():
     assert all(executor.status(j).state.finished for j in waiting)
     with pytest.raises(RuntimeError, match="shut down"):
         executor.submit(job("e"))
+
+
+def consolidation(project_id: str = "p", round_id: str = "consolidate-1") -> TrainJob:
+    return TrainJob(project_id=project_id, image_id=CONSOLIDATION_IMAGE_ID, round_id=round_id, image_path=None,
+                    num_classes=2, steps=5)
+
+
+def test_an_accept_job_ends_the_consolidation_jobs_of_its_project_only():
+    runner = GatedRunner()
+    executor = EmbeddedExecutor(runner)
+    try:
+        running = executor.submit(consolidation())
+        assert runner.started.wait(WAIT)
+        round_a = executor.submit(job("a", "1"))  # a round job waits behind consolidation
+        other_project = executor.submit(consolidation("q"))
+        queued = executor.submit(consolidation(round_id="consolidate-2"))
+        assert executor.status(running).state == JobState.RUNNING
+        assert [executor.status(j).state for j in (round_a, other_project, queued)] == [JobState.QUEUED] * 3
+
+        accept_a = executor.submit(job("a", "accept-a", accepted_label_path="a.npy"))
+        stopped = executor.wait(running, WAIT)
+        assert stopped.state == JobState.CANCELLED and stopped.superseded_by == accept_a
+        assert "superseded by accept job" in stopped.error
+        cancelled = executor.status(queued)
+        assert cancelled.state == JobState.CANCELLED and cancelled.superseded_by == accept_a
+        runner.gate.set()
+        for job_id in (accept_a, other_project):
+            assert executor.wait(job_id, WAIT).state == JobState.SUCCEEDED
+        # The round job of image a was replaced by its accept job (same image, still queued).
+        assert executor.status(round_a).state == JobState.SUPERSEDED
+        assert queued not in runner.ran
+    finally:
+        executor.shutdown(wait=True, timeout=WAIT)

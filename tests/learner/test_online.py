@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from learner.inference import predict_labels
-from learner.jobs import TrainJob, ValidationImage, run_train_job
+from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob, ValidationImage, run_train_job
 from learner.metrics import dice_per_class
 from learner.networks import build_network
 from learner.objective import build_objective
 from learner.online import (
+    DEFAULT_CONSOLIDATION_STEPS,
     DEFAULT_ONLINE_STEPS,
     OnlineExample,
     OnlineSettings,
@@ -370,6 +371,67 @@ def test_train_job_round_trips_through_json():
         TrainJob(project_id="p", image_id="a", round_id="1", image_path="x", num_classes=2, settings={"bogus": 1})
 
 
+def test_a_consolidation_job_takes_no_image_and_ends_only_at_an_accept_job_of_its_project():
+    def consolidation(project_id="p", **fields):
+        return TrainJob(project_id=project_id, image_id=CONSOLIDATION_IMAGE_ID, round_id="c", image_path=None,
+                        num_classes=2, **fields)
+
+    job = consolidation(steps=7)
+    again = TrainJob.from_json(job.to_json())
+    assert again == job and again.is_consolidation and not again.is_final and again.coalesce_key == ("p", "")
+    with pytest.raises(ValueError, match="takes no image files"):
+        consolidation(accepted_label_path="x.npy")
+    with pytest.raises(ValueError, match="takes no image files"):
+        TrainJob(project_id="p", image_id="a", round_id="c", image_path=None, num_classes=2)
+    with pytest.raises(ValueError, match="reserved for consolidation"):
+        TrainJob(project_id="p", image_id=CONSOLIDATION_IMAGE_ID, round_id="1", image_path="x", num_classes=2)
+
+    def image_job(image_id, final, project_id="p"):
+        return TrainJob(project_id=project_id, image_id=image_id, round_id="1", image_path="x", num_classes=2,
+                        accepted_label_path="y" if final else None)
+
+    assert image_job("a", final=True).stops(consolidation())
+    assert not image_job("a", final=True, project_id="q").stops(consolidation())
+    assert not image_job("a", final=False).stops(consolidation())
+    assert not consolidation().stops(image_job("a", final=False))
+    assert image_job("a", final=True).stops(image_job("a", final=False))
+    assert not image_job("a", final=True).stops(image_job("b", final=False))
+
+
+def test_a_consolidation_job_needs_images_in_the_replay_buffer(tmp_path):
+    registry = new_registry(tmp_path / "registry")
+    job = TrainJob(project_id="p", image_id=CONSOLIDATION_IMAGE_ID, round_id="c", image_path=None, num_classes=2,
+                   steps=3, settings={"size": 32})
+    for replay in (None, ReplayBuffer(tmp_path / "replay")):
+        with pytest.raises(ValueError, match="replay buffer holds no image"):
+            run_train_job(job, registry, replay, device="cpu")
+    assert [r.version for r in registry.versions()] == [0]
+
+
+@pytest.mark.slow
+def test_a_consolidation_job_goes_on_learning_from_the_replay_buffer(tmp_path):
+    """A short job on one image leaves the model poor; consolidation on the replay buffer alone
+    (no new image) makes it good, and leaves the buffer as it was."""
+    registry = new_registry(tmp_path / "registry")
+    replay = ReplayBuffer(tmp_path / "replay")
+    files = write_project_files(tmp_path / "files", 11, "train")
+    test_image, test_label = disc_volume(12)
+    short = TrainJob(project_id="p", image_id="train", round_id="1", image_path=files["image_path"], num_classes=2,
+                     proxy_labels_path=files["label_path"], steps=5, settings={"size": 32})
+    first = run_train_job(short, registry, replay, device="cpu")
+    assert first.replay_stored and replay.image_ids() == ["train"]
+    job = TrainJob(project_id="p", image_id=CONSOLIDATION_IMAGE_ID, round_id="c", image_path=None, num_classes=2,
+                   steps=120, settings={"size": 32})
+    result = run_train_job(job, registry, replay, device="cpu")
+
+    assert result.parent == first.version and result.promoted and not result.replay_stored
+    assert registry.record(result.version).source["kind"] == "consolidation"
+    assert replay.image_ids() == ["train"]
+    before = mean_dice(registry.load(first.version)[0], test_image, test_label, 32)
+    after = mean_dice(registry.load(result.version)[0], test_image, test_label, 32)
+    assert before < 0.7 and after > before + 0.2 and after > 0.8, (before, after)
+
+
 def mean_dice(model, image, label, size):
     return float(np.mean(list(dice_per_class(predict_labels(model, image, size=size, device="cpu"), label, 2).values())))
 
@@ -499,5 +561,6 @@ def test_the_servers_defaults_are_the_learners():
 
     defaults = Settings()
     assert defaults.online_steps == DEFAULT_ONLINE_STEPS
+    assert defaults.consolidation_steps == DEFAULT_CONSOLIDATION_STEPS
     assert defaults.replay_capacity == OnlineSettings().replay_capacity
     assert defaults.model_size == OnlineSettings().size
