@@ -6,10 +6,11 @@ directory) unless ``--url`` names one; creates a project whose labels follow the
 class count; imports ``--checkpoint`` as the serving version (warm start); uploads the
 stream as NIfTI; then, image by image in stream order, lets
 ``clients.annotator.SimulatedAnnotator`` annotate (slice policy, round limit, target Dice),
-accepts, and by default waits for the image's accept job before the next image (so the
-learning effect is measured alike on fast and slow machines; ``--no-wait`` goes on at a
-user's pace). ``--annotators K`` runs K annotators, each with its own token and client,
-on different images at once.
+accepts, and by default waits for the image's accept job (with one annotator also for the
+consolidation job it starts) before the next image (so the learning effect is measured
+alike on fast and slow machines; ``--no-wait`` goes on at a user's pace).
+``--annotators K`` runs K annotators, each with its own token and client, on different
+images at once.
 
 Per round it records the Dice of the returned segmentation and of the registration proxy
 alone, the effort, whether the server's suggestion landed on a slice with error (and a

@@ -40,7 +40,7 @@ def register(subparsers, bench_subparsers) -> None:
     bench.add_argument("--url", default=None, help="a running server (default: start an embedded one)")
     bench.add_argument("--token", default=None, help="admin token for --url (default: SCRIBBLEFLOW_TOKEN)")
     bench.add_argument("--no-wait", dest="wait", action="store_false",
-                       help="do not wait for an image's accept job before the next image")
+                       help="do not wait for an image's accept (and consolidation) job before the next image")
     bench.add_argument("--job-timeout", type=float, default=900.0, help="seconds to wait for a job")
     bench.add_argument("--time-limit-minutes", type=float, default=600.0,
                        help="no new image is started after this many minutes")
