@@ -70,6 +70,10 @@ class PropagationSettings:
     #: this many slices apart on average (adjacent corrective slices would otherwise cut
     #: every structure off one slice beyond them).
     gap_limit_from: float = 2.0
+    #: The area trend beyond the outermost annotation (``_area_trend``) compares it with the
+    #: nearest annotated slice at least this many slices inwards (the innermost when none is):
+    #: between neighbouring slices a small correction of either area reads as a steep trend.
+    trend_min_gap: int = 1
     min_keep: float = 0.05
     #: Exponent of the intensity likelihood that reweights carried probabilities at full
     #: resolution (0: off).
@@ -180,15 +184,19 @@ def _fade_scale(
     return scale
 
 
-def _area_trend(order: list[int], labels_by_index: dict[int, np.ndarray], num_classes: int) -> np.ndarray:
+def _area_trend(
+    order: list[int], labels_by_index: dict[int, np.ndarray], num_classes: int, min_gap: int = 1
+) -> np.ndarray:
     """(C - 1,) per-slice area factor of each class towards the outermost annotated slice
-    ``order[-1]`` (``order[-2]`` is the next one inwards), capped at 1: a class seen
+    ``order[-1]`` (``order[-2]`` is the next one inwards) from the nearest annotated slice at
+    least ``min_gap`` slices inwards (the innermost when none is), capped at 1: a class seen
     shrinking outwards keeps shrinking beyond the last annotation."""
     trend = np.ones(num_classes - 1, dtype=np.float64)
     if len(order) < 2:
         return trend
-    outer, inner = labels_by_index[order[-1]], labels_by_index[order[-2]]
-    gap = abs(order[-1] - order[-2])
+    inner_index = next((i for i in reversed(order[:-1]) if abs(order[-1] - i) >= min_gap), order[0])
+    outer, inner = labels_by_index[order[-1]], labels_by_index[inner_index]
+    gap = abs(order[-1] - inner_index)
     for cls in range(1, num_classes):
         inner_area = int(np.count_nonzero(inner == cls))
         if inner_area:
@@ -245,7 +253,10 @@ def propagate_axis(
         side: _fade_scale(foreground[annotated.index(order[-1])], with_foreground, step, settings)
         for side, order in ends.items()
     }
-    trends = {side: _area_trend(order, labels_by_index, num_classes) for side, order in ends.items()}
+    trends = {
+        side: _area_trend(order, labels_by_index, num_classes, settings.trend_min_gap)
+        for side, order in ends.items()
+    }
     reach = {side: scale * math.sqrt(-math.log(settings.min_keep)) for side, scale in scales.items()}
     low, high = annotated[0], annotated[-1]
     if with_foreground[0] == low:
