@@ -12,10 +12,12 @@ the same job function as ``EmbeddedExecutor``. This object lives in the server p
 - The monitor thread also reads each unfinished job's Celery state (``PROGRESS`` meta
   from the task, then its result) and reports changes to ``on_change`` from a notifier
   thread, as ``EmbeddedExecutor`` does.
-- An accept job ends its project's consolidation jobs (``TrainJob.stops``): one in the outbox
-  at once, one sent through a cancel request that the worker reads at its start or next step.
-  (A round job of the accepted image keeps running: its own newest-job record supersedes it
-  only before it starts.)
+- An accept job ends what ``TrainJob.stops`` names, as in ``EmbeddedExecutor``: a job in the
+  outbox at once; a sent consolidation job, or a running round job of its image, through a
+  cancel request that the worker reads at its start or next step (a sent round job that has
+  not started exits as superseded through the newest-job record). Cancel requests, like
+  sending, go to Redis from the monitor thread, so ``submit`` and ``cancel`` never wait for
+  Redis either.
 - A job that was sent before (the server restarted and submits its unfinished jobs
   again) is not sent a second time: the executor follows the existing message.
 - ``shutdown`` stops watching; it cancels nothing, because queued and running jobs
@@ -41,7 +43,7 @@ from learner.executors import (
     StateCallback,
     UnknownJob,
 )
-from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob
+from learner.jobs import TrainJob
 from learner.worker import PROGRESS_STATE, TRAIN_TASK, WorkerSettings, coordination_for, create_app
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,8 @@ class CeleryExecutor(JobBook):
         self._lock = threading.Condition(threading.RLock())
         self._jobs: OrderedDict[str, JobStatus] = OrderedDict()
         self._outbox: deque[TrainJob] = deque()
-        self._sent: set[str] = set()  # unfinished jobs the broker holds
+        self._sent: dict[str, TrainJob] = {}  # unfinished jobs the broker holds
+        self._cancels: deque[str] = deque()  # cancel requests for sent jobs, written to Redis by the monitor
         self._last_report: dict[str, float] = {}
         self._closed = False
         self._broker_down_since: float | None = None
@@ -112,13 +115,15 @@ class CeleryExecutor(JobBook):
                 self._outbox.remove(waiting)
                 self._finish(waiting.job_id, JobState.CANCELLED, superseded_by=job.job_id,
                              error=f"superseded by accept job {job.job_id} before it was sent")
-            stopping = [s.job_id for s in self._jobs.values() if s.job_id in self._sent and not s.state.finished
-                        and _stopped_by(job, s)]
+            # A sent round job that has not started exits as superseded at its start (newest-job
+            # record); a running one, and any consolidation job, is asked to stop.
+            self._cancels.extend(
+                job_id for job_id, sent in self._sent.items()
+                if job.stops(sent) and (sent.is_consolidation or self._jobs[job_id].state == JobState.RUNNING)
+            )
             self._emit(status)
             self._lock.notify_all()
-        for job_id in stopping:  # a worker ends it at its start or next step; its state comes from there
-            self._coordination.request_cancel(job_id)
-        return job.job_id
+            return job.job_id
 
     def queue_depth(self) -> int:
         """Jobs waiting for a worker (not counting running ones)."""
@@ -138,7 +143,8 @@ class CeleryExecutor(JobBook):
                 self._outbox = deque(j for j in self._outbox if j.job_id != job_id)
                 self._finish(job_id, JobState.CANCELLED, error="cancelled before it started")
                 return True
-        self._coordination.request_cancel(job_id)
+            self._cancels.append(job_id)  # written by the monitor thread, which retries while Redis is away
+            self._lock.notify_all()
         return True
 
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
@@ -161,7 +167,7 @@ class CeleryExecutor(JobBook):
         status.finished_at = changes.pop("finished_at", None) or time.time()
         for key, value in changes.items():
             setattr(status, key, value)
-        self._sent.discard(job_id)
+        self._sent.pop(job_id, None)
         self._last_report.pop(job_id, None)
         self._emit(status)
         self._forget_old()
@@ -173,6 +179,7 @@ class CeleryExecutor(JobBook):
                 if self._closed:
                     return
             try:
+                self._flush_cancels()
                 self._flush_outbox()
                 self._poll()
                 if self._broker_down_since is not None:
@@ -185,6 +192,17 @@ class CeleryExecutor(JobBook):
             with self._lock:
                 if not self._closed:
                     self._lock.wait(self._poll_interval)
+
+    def _flush_cancels(self) -> None:
+        while True:
+            with self._lock:
+                if not self._cancels:
+                    return
+                job_id = self._cancels[0]
+            self._coordination.request_cancel(job_id)  # the worker ends it at its start or next step
+            with self._lock:
+                if self._cancels and self._cancels[0] == job_id:
+                    self._cancels.popleft()
 
     def _flush_outbox(self) -> None:
         while True:
@@ -203,7 +221,9 @@ class CeleryExecutor(JobBook):
                 if self._outbox and self._outbox[0].job_id == job.job_id:
                     self._outbox.popleft()
                 if not self._jobs[job.job_id].state.finished:
-                    self._sent.add(job.job_id)
+                    self._sent[job.job_id] = job
+                elif self._jobs[job.job_id].state == JobState.CANCELLED:
+                    self._cancels.append(job.job_id)  # cancelled while it was being sent
                 if superseded is not None and superseded in self._sent:
                     self._finish(superseded, JobState.SUPERSEDED, superseded_by=job.job_id)
 
@@ -254,10 +274,3 @@ class CeleryExecutor(JobBook):
         elif state == "REVOKED":
             self._finish(job_id, JobState.CANCELLED, error="revoked")
         # PENDING / RECEIVED / RETRY: still queued
-
-
-def _stopped_by(job: TrainJob, sent: JobStatus) -> bool:
-    """Whether ``job`` stops the sent job ``sent`` (its payload is with the broker): only
-    consolidation jobs are stopped this way (``TrainJob.stops``)."""
-    return (job.is_final and sent.project_id == job.project_id and sent.image_id == CONSOLIDATION_IMAGE_ID)
-

@@ -55,8 +55,8 @@ class ValidationImage:
 class TrainJob:
     """One online update of a project's model from one image (JSON-serialisable), or a
     consolidation update from the project's replay buffer alone (``image_path`` None: every
-    batch drawn uniformly over the images stored so far, as offline training would; run
-    while no image waits, see ``is_consolidation``).
+    batch drawn uniformly over the images stored so far, as offline training would; the
+    server queues one after each accept job, see ``is_consolidation`` and ``stops``).
 
     base_version: the version whose weights are fine-tuned; None = the serving version
         when the job starts (so a queued job builds on whatever was promoted meanwhile).

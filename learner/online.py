@@ -540,7 +540,9 @@ def train_online(
     objective.bind(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     z = prepared.images.shape[0] if prepared is not None else 0
-    rng = np.random.default_rng([settings.seed, steps, z])
+    # Consolidation jobs differ by the buffer they find (else every one would draw the same batches).
+    rng = np.random.default_rng([settings.seed, steps, z] if prepared is not None
+                                else [settings.seed, steps, z, replay.images_seen, len(replay)])
     exclude = [image_id] if image_id is not None else []
     replay_slots = min(settings.replay_per_batch, settings.batch_size - 1)  # always some of this image
     if settings.replay_balance and replay is not None:

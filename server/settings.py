@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     # Equal to learner.online.DEFAULT_ONLINE_STEPS and OnlineSettings().replay_capacity (tests/test_online.py
     # checks); chosen with learner/bench/online_stream.py (docs/benchmarks.md, "Online learning along a stream").
     online_steps: int = Field(200, ge=1, description="Optimiser steps per online training job.")
-    # Equal to learner.online.DEFAULT_CONSOLIDATION_STEPS (tests/test_online.py checks).
+    # Equal to learner.online.DEFAULT_CONSOLIDATION_STEPS (tests/learner/test_online.py checks); for new
+    # projects (projects stored before the setting existed get the default, as for online settings).
     consolidation_steps: int = Field(
         200, ge=0, le=100_000,
         description="Optimiser steps on the replay buffer alone after each accepted image (0: none).",

@@ -627,8 +627,7 @@ def train_stop(ctx: AppContext, db: Session, project: Project) -> dict:
     if not active:
         return {}
     db.commit()
-    for image_id in {job.image_id for job in active if job.image_id is not None}:
-        ctx.training.cancel_image_jobs(image_id)
+    ctx.training.cancel_project_jobs(project.id, "stopped through the MONAI Label API")
     latest = db.get(TrainingJob, max(job.id for job in active))
     db.refresh(latest)
     return task_out(db, latest)

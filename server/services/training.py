@@ -3,8 +3,13 @@
 A job is submitted after each round (unless the project turned that off) and on accept.
 When an accept job has succeeded, a consolidation job follows (``consolidation_steps`` of
 the project's learning settings; 0: none): it trains on the replay buffer alone, every
-accepted image alike, while no image waits, and an accept job stops it (the executors'
-rule), so it never delays a new model. Its row has no image (trigger ``consolidate``).
+accepted image alike, and the project's next accept job stops it (the executors' rule), so
+it never delays that image's new model; round jobs, and jobs of other projects in the
+embedded executor's single queue, wait behind it (at most its steps). Its row has no image
+(trigger ``consolidate``). It is queued from the executor's state callback just before the
+accept job's success is recorded: a server stopped between the two queues it again when the
+accept job runs again at the next start, and none is queued for a success that arrives
+while the server is stopping.
 Its ``learner.jobs.TrainJob`` payload names the round's files, the project's held-out
 validation images and settings; it is stored in the job's row before it goes to the
 executor, so jobs that were queued or running when the server stopped are submitted
@@ -24,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from learner.executors import Executor, ExecutorFactory, JobStatus, QueueFull, UnknownJob
 from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob, ValidationImage
-from learner.online import DEFAULT_CONSOLIDATION_STEPS
+from learner.online import DEFAULT_CONSOLIDATION_STEPS, OnlineSettings
 from server.auth import Principal
 from server.errors import NotFound
 from server.metrics import Metrics
@@ -70,17 +75,24 @@ class TrainingService:
 
     def cancel_image_jobs(self, image_id: int) -> None:
         """Cancel the queued and running jobs of an image (e.g. it was deleted)."""
+        self._cancel_where(TrainingJob.image_id == image_id, "image deleted")
+
+    def cancel_project_jobs(self, project_id: int, reason: str = "cancelled") -> None:
+        """Cancel every queued and running job of a project, consolidation jobs included."""
+        self._cancel_where(TrainingJob.project_id == project_id, reason)
+
+    def _cancel_where(self, condition, reason: str) -> None:
         with self._session_factory() as db:
             ids = list(db.scalars(select(TrainingJob.executor_id).where(
-                TrainingJob.image_id == image_id, TrainingJob.state.in_(ACTIVE_STATES))))
+                condition, TrainingJob.state.in_(ACTIVE_STATES))))
         for executor_id in ids:
             if self._executor is None:
-                self._record(executor_id, {"state": "cancelled", "message": "image deleted"})
+                self._record(executor_id, {"state": "cancelled", "message": reason})
                 continue
             try:
                 self._executor.cancel(executor_id)
             except UnknownJob:
-                self._record(executor_id, {"state": "cancelled", "message": "image deleted"})
+                self._record(executor_id, {"state": "cancelled", "message": reason})
 
     def queue_depth(self) -> int:
         return self._executor.queue_depth() if self._executor is not None else 0
@@ -161,17 +173,33 @@ class TrainingService:
             )
         ]
 
-    def submit_consolidation(self, project_id: int, created_by: str) -> TrainingJob | None:
-        """Queue a consolidation job of the project (None when its settings ask for none or no
-        image has been accepted for training yet); a queued one of the project is superseded."""
+    def submit_consolidation(
+        self, project_id: int, created_by: str, after_job: str | None = None
+    ) -> TrainingJob | None:
+        """Queue a consolidation job of the project; a queued one of the project is superseded.
+
+        None when its settings ask for none, no image has been accepted for training yet, or
+        another accept job of the project (not ``after_job``, the one that just succeeded) is
+        still queued or running: that one queues consolidation when it succeeds, and two
+        consolidation jobs in a row would only delay the jobs behind them.
+        """
         with self._session_factory() as db:
             project = db.get(Project, project_id)
             if project is None:
                 return None
             learning = project.learning
+            # Projects stored before consolidation existed hold no value: the default (as for online settings).
             steps = int(learning.get("consolidation_steps", DEFAULT_CONSOLIDATION_STEPS))
             accepted = _accepted_images(db, project)
-            if steps < 1 or accepted < 1 or int(learning["online"].get("replay_capacity", 1)) < 1:
+            replay_capacity = OnlineSettings.from_dict(learning["online"]).replay_capacity
+            if steps < 1 or accepted < 1 or replay_capacity < 1:
+                return None
+            pending_accept = select(func.count(TrainingJob.id)).where(
+                TrainingJob.project_id == project.id, TrainingJob.trigger.in_(ACCEPTED_TRIGGERS),
+                TrainingJob.state.in_(ACTIVE_STATES))
+            if after_job is not None:
+                pending_accept = pending_accept.where(TrainingJob.executor_id != after_job)
+            if db.scalar(pending_accept):
                 return None
             store = self._datastore
             job = TrainJob(
@@ -253,7 +281,9 @@ class TrainingService:
         elif status.error:
             changes["message"] = status.error
         elif status.superseded_by:
-            changes["message"] = "superseded by a newer round of the same image"
+            changes["message"] = ("superseded by the project's newer consolidation job"
+                                  if status.image_id == CONSOLIDATION_IMAGE_ID
+                                  else "superseded by a newer round of the same image")
         if state == "succeeded" and not self._stopping.is_set():
             try:
                 self._consolidate_after(status.job_id)
@@ -274,7 +304,7 @@ class TrainingService:
             if row is None or row.trigger not in ACCEPTED_TRIGGERS or row.state == "succeeded":
                 return
             project_id, created_by = row.project_id, row.created_by
-        self.submit_consolidation(project_id, created_by)
+        self.submit_consolidation(project_id, created_by, after_job=executor_id)
 
     def _record(self, executor_id: str, changes: dict[str, Any]) -> bool:
         with self._session_factory() as db:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers import nifti_file
+from tests.helpers import nifti_file, synthetic_volume
 from tests.server.api.test_sessions import API, open_session, stroke_round
 
 JOB_SECONDS = 180  # bound of every wait for jobs (a few steps of a tiny network each)
@@ -165,3 +165,38 @@ def test_consolidation_steps_in_learning_settings(client, admin_headers, annotat
     # 0 (none) is a valid value
     response = client.patch(url, json={"consolidation_steps": 0}, headers=admin_headers)
     assert response.status_code == 200 and response.json()["learning"]["consolidation_steps"] == 0
+
+
+def test_accept_jobs_queued_together_are_followed_by_one_consolidation_job(client, admin_headers,
+                                                                           annotator_headers):
+    # Long accept jobs, so the second image is accepted while the first one's job still runs.
+    project = create_project(client, admin_headers, {"steps": 500, "consolidation_steps": 3})
+    first = annotate_and_accept(client, project, annotator_headers, synthetic_volume(seed=1))
+    second = annotate_and_accept(client, project, annotator_headers, synthetic_volume(seed=2))
+    jobs = wait_until_jobs_finish(client, project["id"], annotator_headers, timeout=3 * JOB_SECONDS)
+    by_id = {j["id"]: j for j in jobs}
+    accept_1, accept_2 = by_id[first["job_id"]], by_id[second["job_id"]]
+    assert accept_1["state"] == accept_2["state"] == "succeeded", jobs
+    assert accept_2["created_at"] < accept_1["finished_at"], "the test needs the accept jobs to overlap"
+    consolidations = [j for j in jobs if j["trigger"] == "consolidate"]
+    assert len(consolidations) == 1, jobs
+    assert consolidations[0]["created_at"] >= accept_1["finished_at"] and consolidations[0]["id"] > accept_2["id"]
+
+
+def test_a_project_stored_before_consolidation_existed_gets_the_default(app, client, admin_headers,
+                                                                        annotator_headers):
+    from learner.online import DEFAULT_CONSOLIDATION_STEPS
+    from server.storage.tables import Project
+
+    project = create_project(client, admin_headers, {"consolidation_steps": 3})
+    with app.state.context.session_factory() as db:
+        row = db.get(Project, project["id"])
+        row.learning = {k: v for k, v in row.learning.items() if k != "consolidation_steps"}
+        db.commit()
+    shown = client.get(f"{API}/projects/{project['id']}", headers=annotator_headers)
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["learning"]["consolidation_steps"] == DEFAULT_CONSOLIDATION_STEPS
+    response = client.patch(f"{API}/projects/{project['id']}/learning", json={"consolidation_steps": 2},
+                            headers=admin_headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["learning"]["consolidation_steps"] == 2
