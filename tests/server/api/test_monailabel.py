@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -215,3 +216,29 @@ def test_the_served_project_and_image_ids(client, settings, admin_headers, volum
     assert client.get("/datastore/image/info?image=same", headers=admin_headers).status_code == 409
     answer = client.get(f"/datastore/image?image=same~{ids[1]}", headers=admin_headers)
     assert answer.status_code == 200 and answer.content[:2] == b"\x1f\x8b"
+
+
+def test_stopping_training_cancels_the_consolidation_job(client, project, admin_headers, volume_and_label):
+    volume, label = volume_and_label
+    learning = client.patch(f"/api/v1/projects/{project['id']}/learning", json={"consolidation_steps": 100_000},
+                            headers=admin_headers)
+    assert learning.status_code == 200, learning.text
+    client.put("/datastore/image?image=case1", files={"file": _file(volume)}, headers=admin_headers)
+    answer = client.put("/datastore/label?image=case1&tag=final", files={"label": _file(volume, label)},
+                        data={"params": "{}"}, headers=admin_headers)
+    assert answer.status_code == 200, answer.text
+    jobs_url = f"/api/v1/projects/{project['id']}/jobs"
+    deadline = time.monotonic() + 120
+    while not [j for j in client.get(jobs_url, headers=admin_headers).json()
+               if j["trigger"] == "consolidate" and j["state"] == "running"]:
+        assert time.monotonic() < deadline, client.get(jobs_url, headers=admin_headers).json()
+        time.sleep(0.1)
+    stopped = client.delete("/train/", headers=admin_headers)
+    assert stopped.status_code == 200, stopped.text
+    while True:
+        jobs = client.get(jobs_url, headers=admin_headers).json()
+        if all(j["state"] not in ("queued", "running") for j in jobs):
+            break
+        assert time.monotonic() < deadline, jobs
+        time.sleep(0.1)
+    assert [(j["trigger"], j["state"]) for j in jobs] == [("accept", "succeeded"), ("consolidate", "cancelled")]
