@@ -104,6 +104,12 @@ class TrainJob:
         if not self.is_consolidation and self.image_id == CONSOLIDATION_IMAGE_ID:
             raise ValueError(f"image_id {CONSOLIDATION_IMAGE_ID!r} is reserved for consolidation jobs")
 
+    @classmethod
+    def consolidation(cls, project_id: str, round_id: str, num_classes: int, **fields) -> TrainJob:
+        """A consolidation job of the project (no image; ``fields``: the other job fields)."""
+        return cls(project_id=project_id, image_id=CONSOLIDATION_IMAGE_ID, round_id=round_id, image_path=None,
+                   num_classes=num_classes, **fields)
+
     @property
     def is_consolidation(self) -> bool:
         """Trains on the replay buffer only (no image of its own)."""
@@ -262,11 +268,8 @@ def run_train_job(
     model, config, _ = registry.load(base, device=device, fresh=True)
     if config.num_classes != job.num_classes:
         raise ValueError(f"model version {base} predicts {config.num_classes} classes, the job has {job.num_classes}")
-    if job.is_consolidation:
-        if replay is None or len(replay) == 0:
-            raise ValueError("nothing to consolidate: the project's replay buffer holds no image")
-        prepared = None
-    else:
+    prepared = None  # consolidation: train_online draws every batch from the replay buffer (and checks it holds any)
+    if not job.is_consolidation:
         reference_record = registry.record(reference)
         reference_model = None if reference_record.untrained else registry.load(reference, device=device)[0]
         example = load_example(job)

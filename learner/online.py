@@ -526,7 +526,7 @@ def train_online(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if prepared is None and (replay is None or len(replay) == 0):
-        raise ValueError("a consolidation update needs a replay buffer holding at least one image")
+        raise ValueError("nothing to consolidate: the replay buffer holds no image")
     from learner.objective import ObjectiveWeights, build_objective
     from learner.train import training_step
 
@@ -539,10 +539,12 @@ def train_online(
     objective = build_objective("online", num_classes, weights).to(device)
     objective.bind(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    z = prepared.images.shape[0] if prepared is not None else 0
-    # Consolidation jobs differ by the buffer they find (else every one would draw the same batches).
-    rng = np.random.default_rng([settings.seed, steps, z] if prepared is not None
-                                else [settings.seed, steps, z, replay.images_seen, len(replay)])
+    if prepared is not None:
+        z, size_hw = prepared.images.shape[0], prepared.images.shape[1:]
+        rng = np.random.default_rng([settings.seed, steps, z])
+    else:  # consolidation jobs differ by the buffer they find (else all would draw the same batches)
+        z, size_hw = 0, (settings.size, settings.size)
+        rng = np.random.default_rng([settings.seed, steps, z, replay.images_seen, len(replay)])
     exclude = [image_id] if image_id is not None else []
     replay_slots = min(settings.replay_per_batch, settings.batch_size - 1)  # always some of this image
     if settings.replay_balance and replay is not None:
@@ -570,7 +572,6 @@ def train_online(
                 slots = replay_slots
             if replay is not None and slots > 0:
                 replayed = replay.sample(slots, rng, exclude=exclude)
-                size_hw = prepared.images.shape[1:] if prepared is not None else (settings.size, settings.size)
                 if replayed is not None and replayed.images.shape[1:] != size_hw:
                     from learner.replay import resize_soft_slices
 

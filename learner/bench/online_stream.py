@@ -39,7 +39,7 @@ import torch
 
 from learner.bench.propagate import choose_axis, choose_slices
 from learner.data import Case, case_paths, load_case
-from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob, ValidationImage, run_train_job
+from learner.jobs import TrainJob, ValidationImage, run_train_job
 from learner.online import OnlineSettings
 from learner.registry import ModelRegistry, ValidationCase, mean_validation_dice
 from learner.replay import ReplayBuffer
@@ -225,10 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append(("accept", TrainJob(round_id=f"accept-{case.name}", accepted_label_path=accepted_file,
                                         scribble_path=files["scribble"], **common)))
         if args.consolidate_steps:
-            jobs.append(("consolidate", TrainJob(
-                project_id="stream", image_id=CONSOLIDATION_IMAGE_ID, round_id=f"consolidate-{position}", image_path=None,
-                num_classes=num_classes, validation=list(validation), images_seen=trained + 1,
-                steps=args.consolidate_steps, settings=settings.to_dict())))
+            jobs.append(("consolidate", TrainJob.consolidation(
+                "stream", f"consolidate-{position}", num_classes, validation=list(validation),
+                images_seen=trained + 1, steps=args.consolidate_steps, settings=settings.to_dict())))
         for kind, job in jobs:
             wall, cpu_time = time.perf_counter(), time.process_time()
             result = run_train_job(job, registry, replay, device=cpu)

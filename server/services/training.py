@@ -202,12 +202,10 @@ class TrainingService:
             if db.scalar(pending_accept):
                 return None
             store = self._datastore
-            job = TrainJob(
-                project_id=str(project.id),
-                image_id=CONSOLIDATION_IMAGE_ID,
-                round_id=f"consolidate-{accepted}",
-                image_path=None,
-                num_classes=len(project.labels),
+            job = TrainJob.consolidation(
+                str(project.id),
+                f"consolidate-{accepted}",
+                len(project.labels),
                 validation=self._validation_images(db, project),
                 images_seen=accepted,
                 steps=steps,
