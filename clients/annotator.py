@@ -344,7 +344,8 @@ class SimulatedAnnotator:
         record.opening_dice = dice_per_class(prediction, truth, self.num_classes)
         suggestion = session.suggestion
         drawn: set[tuple[int, int]] = set()
-        segmentation = np.full_like(truth, NOTHING)  # the server keeps no answer before round 1
+        # The server keeps the opening as the answer of round 0 when it shows any structure.
+        segmentation = prediction.astype(np.int64) if prediction.any() else np.full_like(truth, NOTHING)
         if target_dice is not None and mean_foreground_dice(record.opening_dice) >= target_dice:
             record.reached_target = True
             max_rounds = 0

@@ -56,7 +56,10 @@ def simulate_volume(
     """Rows per round: slice, Dice of fused and proxy, model weight, suggestion hit numbers."""
     seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
     planes: set[tuple[int, int]] = set()
-    answer = np.full_like(truth, NOTHING)  # nothing kept before the first round
+    # The opening (the model's labels) is the answer round 1 corrects when it shows any structure,
+    # as the server keeps it; an untrained model's empty opening keeps nothing.
+    opening = model.argmax(axis=0)
+    answer = opening if opening.any() else np.full_like(truth, NOTHING)
     suggestion = opening_suggestion(model, reliability=0.0)
     rows = []
     for number in range(rounds):
@@ -67,7 +70,8 @@ def simulate_volume(
         started = time.perf_counter()
         result = compute_round(
             image, (1.0, 1.0, 1.0), seeds, planes, model, num_classes,
-            previous_segmentation=answer.astype(np.uint8) if number else None, validation_dice=validation_dice,
+            previous_segmentation=answer.astype(np.uint8) if (answer != NOTHING).all() else None,
+            validation_dice=validation_dice,
         )
         seconds = time.perf_counter() - started
         answer = result.segmentation.astype(np.int64)

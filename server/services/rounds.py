@@ -133,6 +133,12 @@ def _begin(ctx: AppContext, db: Session, session: AnnotationSession) -> RoundSub
         planes = {(int(a), int(i)) for a, i in previous.planes}
         segmentation = ctx.datastore.read_volume(f"{previous.dir}/{ROUND_FILES['segmentation']}").array
         segmentation = segmentation.astype(np.uint8)
+    else:
+        # Round 1 corrects the opening prediction the user was shown: kept where they draw
+        # nothing, like any later answer, when it shows any structure (an untrained model's
+        # empty opening claims nothing, and the strokes are densified on their own).
+        opening = ctx.datastore.read_volume(f"{session.dir}/{SESSION_FILES['prediction']}").array.astype(np.uint8)
+        segmentation = opening if opening.any() else None
     volume = images.load_volume(ctx.datastore, image)
     return RoundSubmission(session, project, image, volume, previous, seeds, planes, segmentation)
 

@@ -373,3 +373,27 @@ def test_cold_start_proposes_an_atlas_from_an_accepted_image(
     round_ = client.post(f"{API}/sessions/{opened['id']}/rounds", json=stroke_round(second_label, 3),
                          headers=annotator_headers)
     assert round_.status_code == 201 and round_.json()["prediction_source"] == "atlas"
+
+
+def test_round_one_keeps_the_opening_where_the_user_draws_nothing(app, client, open_session_id, annotator_headers,
+                                                                  volume_and_label, tmp_path):
+    """A user corrects what the session opened with: a short stroke inside the disc on a slice
+    whose opening is right leaves the rest of that slice (the ring) as it was shown."""
+    from registration.io.volume import write_volume_atomic
+    from server.services.records import SESSION_FILES
+    from server.storage.tables import AnnotationSession
+
+    volume, label = volume_and_label
+    session_id = open_session_id
+    context = app.state.context
+    with context.session_factory() as db:
+        folder = context.datastore.resolve(db.get(AnnotationSession, session_id).dir)
+    write_volume_atomic(volume, folder / SESSION_FILES["prediction"], label)  # an opening that is right
+
+    scribble = np.full(label.shape, UNLABELLED, dtype=np.uint8)
+    scribble[3, 15:17, 15:17] = 1  # inside the inner disc, which the opening labels 1 already
+    response = send_labelmap(client, session_id, annotator_headers, scribble, volume)
+    assert response.status_code == 201, response.text
+    answer = download_volume(client, response.json()["links"]["segmentation"], annotator_headers, tmp_path, "seg.nii.gz")
+    ring = label[3] == 2
+    assert np.count_nonzero(answer.array[3][ring] == 2) >= 0.9 * np.count_nonzero(ring)
