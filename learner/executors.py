@@ -19,7 +19,8 @@ project, at the next step (state ``cancelled``; ``TrainJob.stops``; a queued con
 job of the project is cancelled at once): the accepted label
 supersedes the round's proxy, consolidation can run again later, and the new model should
 not wait for either (annotation-to-model latency). Consolidation jobs (no image) coalesce
-per project.
+per project. The next job to run is the oldest queued accept job, of any project, or else the
+oldest queued job: an accept job waits at most for the job running when it arrived.
 
 State changes (and progress, at most every ``progress_interval`` seconds) are reported
 to ``on_change(JobStatus)`` from a separate notifier thread, in the order they happened,
@@ -323,7 +324,9 @@ class EmbeddedExecutor(JobBook):
                 self._lock.wait()
             if not self._queue:
                 return None
-            job = self._queue.popleft()
+            # Accept jobs (any project's) go first: a user waits for that model; the rest in order.
+            job = next((q for q in self._queue if q.is_final), self._queue[0])
+            self._queue.remove(job)
             status = self._jobs[job.job_id]
             status.state, status.started_at = JobState.RUNNING, time.time()
             self._running = job.job_id

@@ -289,6 +289,7 @@ def run_train_job(
         progress=progress,
         should_stop=should_stop,
         base_quality=version_quality(registry.record(base)),
+        base_version=base,
     )
     tail = update.losses[-max(1, len(update.losses) // 10) :]
     candidate = registry.add_candidate(

@@ -66,6 +66,9 @@ DEFAULT_ONLINE_STEPS = 200
 #: alone while no image waits; learner.jobs.TrainJob.is_consolidation): the cold start's lever,
 #: chosen with learner/bench/online_stream.py --consolidate-steps (docs/benchmarks.md).
 DEFAULT_CONSOLIDATION_STEPS = 200
+#: Consolidation jobs after each accepted image, one after the other (each through the gate, each
+#: queued when the one before has succeeded, so jobs submitted meanwhile run between them).
+DEFAULT_CONSOLIDATION_JOBS = 2
 CONFIDENCE_MODES = ("map", "schedule")
 #: "warmup" spares a trained model the first steps of a fresh AdamW, each about lr in every weight.
 LR_SCHEDULES = ("constant", "warmup")
@@ -112,6 +115,9 @@ class OnlineSettings:
     lr_schedule: str = "warmup"  # "warmup": linear from 0 over warmup_fraction of the steps, then constant; "constant"
     warmup_fraction: float = 0.1
     keep_fraction_reliable: float = 0.5  # s: the share of an update kept over a base model of validation Dice q is 1 − q·(1 − s)
+    # s of consolidation jobs (None: keep_fraction_reliable). 1: they keep all of their change, since they
+    # draw every stored image alike (no pull towards one image); docs/benchmarks.md, "Consolidation".
+    consolidation_keep_fraction_reliable: float | None = 1.0
     weight_decay: float = 1e-4
     confidence_mode: str = "map"  # "map": the proxy's confidence map; "schedule": σ(4(n/N − 0.5))
     schedule_images: int = 20  # N of the schedule
@@ -146,8 +152,10 @@ class OnlineSettings:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
-        if not 0 <= self.keep_fraction_reliable <= 1:
-            raise ValueError(f"keep_fraction_reliable must lie in [0, 1], got {self.keep_fraction_reliable}")
+        for name in ("keep_fraction_reliable", "consolidation_keep_fraction_reliable"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.crf_weight is not None and self.crf_weight < 0:
@@ -486,13 +494,17 @@ def job_learning_rate(settings: OnlineSettings, step: int, steps: int) -> float:
     return base * (step + 1) / (warmup + 1) if step < warmup else base
 
 
-def kept_share(settings: OnlineSettings, base_quality: float | None) -> float:
-    """α in ``θ_base + α·(θ_trained − θ_base)``: ``1 − q·(1 − keep_fraction_reliable)`` for a base
-    model of validation Dice q (0 when unmeasured). A model that is already good moves by less
+def kept_share(settings: OnlineSettings, base_quality: float | None, consolidation: bool = False) -> float:
+    """α in ``θ_base + α·(θ_trained − θ_base)``: ``1 − q·(1 − s)`` for a base model of validation
+    Dice q (0 when unmeasured), s = ``keep_fraction_reliable`` (for a ``consolidation`` job
+    ``consolidation_keep_fraction_reliable`` when set). A model that is already good moves by less
     (one image of a stream pulls it towards that image; interpolating in weight space keeps
     most of what it knew), an untrained one takes the whole update."""
     q = 0.0 if base_quality is None or not math.isfinite(base_quality) else float(np.clip(base_quality, 0.0, 1.0))
-    return 1.0 - q * (1.0 - settings.keep_fraction_reliable)
+    s = settings.keep_fraction_reliable
+    if consolidation and settings.consolidation_keep_fraction_reliable is not None:
+        s = settings.consolidation_keep_fraction_reliable
+    return 1.0 - q * (1.0 - s)
 
 
 def train_online(
@@ -508,6 +520,7 @@ def train_online(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     base_quality: float | None = None,
+    base_version: int = 0,
 ) -> UpdateResult:
     """``steps`` optimiser steps on ``model`` (changed in place, left in eval mode).
 
@@ -521,7 +534,9 @@ def train_online(
     from ``model``'s start (``base_quality``: its validation Dice, None when unmeasured).
 
     ``prepared`` None consolidates: every slot of every batch comes from ``replay`` (drawn
-    uniformly over its images), which must hold at least one image.
+    uniformly over its images), which must hold at least one image; ``base_version`` (the
+    version ``model`` was loaded from) tells consolidation jobs on the same buffer apart, so
+    that each draws other batches.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -542,9 +557,9 @@ def train_online(
     if prepared is not None:
         z, size_hw = prepared.images.shape[0], prepared.images.shape[1:]
         rng = np.random.default_rng([settings.seed, steps, z])
-    else:  # consolidation jobs differ by the buffer they find (else all would draw the same batches)
+    else:  # consolidation jobs differ by the buffer they find and the version they start from
         z, size_hw = 0, (settings.size, settings.size)
-        rng = np.random.default_rng([settings.seed, steps, z, replay.images_seen, len(replay)])
+        rng = np.random.default_rng([settings.seed, steps, z, replay.images_seen, len(replay), base_version])
     exclude = [image_id] if image_id is not None else []
     replay_slots = min(settings.replay_per_batch, settings.batch_size - 1)  # always some of this image
     if settings.replay_balance and replay is not None:
@@ -554,7 +569,7 @@ def train_online(
         balanced_share = earlier / (earlier + 1)
     else:
         balanced_share = 0.0
-    keep = kept_share(settings, base_quality)
+    keep = kept_share(settings, base_quality, consolidation=prepared is None)
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if keep < 1 else None
     losses: list[float] = []
     replay_used = 0

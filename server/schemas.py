@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from learner.online import DEFAULT_CONSOLIDATION_STEPS
+from learner.online import DEFAULT_CONSOLIDATION_JOBS, DEFAULT_CONSOLIDATION_STEPS
 
 Point3 = tuple[float, float, float]
 MAX_CHANNELS = 512  # widest UNet level a project may ask for
@@ -76,6 +76,11 @@ class LearningSettings(BaseModel):
         description="Optimiser steps of the consolidation job after each accepted image: the model trains on "
                     "the replay buffer alone (every accepted image alike) while no image waits; 0: none.",
     )
+    consolidation_jobs: int = Field(
+        DEFAULT_CONSOLIDATION_JOBS, ge=1, le=100,
+        description="Consolidation jobs after each accepted image, one after the other (each queued when the "
+                    "one before has succeeded, each through the promotion gate).",
+    )
     channels: list[int] = Field(min_length=2, max_length=7, description="UNet widths (fixed at creation).")
     validation_every: int = Field(
         ge=0, description="Every n-th uploaded image is held out for validation (0: none)."
@@ -91,6 +96,7 @@ class LearningSettingsUpdate(BaseModel):
 
     steps: int | None = Field(None, ge=1, le=100_000)
     consolidation_steps: int | None = Field(None, ge=0, le=100_000)
+    consolidation_jobs: int | None = Field(None, ge=1, le=100)
     validation_every: int | None = Field(None, ge=0)
     train_on_rounds: bool | None = None
     online: dict[str, Any] | None = None

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         200, ge=0, le=100_000,
         description="Optimiser steps on the replay buffer alone after each accepted image (0: none).",
     )
+    # Equal to learner.online.DEFAULT_CONSOLIDATION_JOBS (tests/learner/test_online.py checks).
+    consolidation_jobs: int = Field(
+        2, ge=1, le=100, description="Consolidation jobs (of consolidation_steps each) after each accepted image."
+    )
     promotion_tolerance: float = Field(0.02, ge=0, description="Allowed validation Dice drop.")
     replay_capacity: int = Field(100, ge=0, le=1000, description="Earlier images kept in the replay buffer.")
     validation_every: int = Field(

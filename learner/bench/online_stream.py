@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="an offline checkpoint served from the start (warm start), as the server's import")
     parser.add_argument("--consolidate-steps", type=int, default=0,
                         help="after each accept job, a consolidation job of N steps on the replay buffer alone")
+    parser.add_argument("--consolidate-jobs", type=int, default=1,
+                        help="consolidation jobs after each accept job, one after the other, each through the gate")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "command": " ".join(sys.argv), "train": str(args.train), "holdout": [c.name for c in holdout],
         "num_classes": num_classes, "steps": steps, "settings": settings.to_dict(), "accepted": args.accepted,
-        "round_jobs": not args.no_round_jobs, "consolidate_steps": args.consolidate_steps, "threads": args.threads,
+        "round_jobs": not args.no_round_jobs, "consolidate_steps": args.consolidate_steps,
+        "consolidate_jobs": args.consolidate_jobs, "threads": args.threads,
         "holdout_dice_v0": case_dice(v0, holdout, num_classes, size), "images": [], "jobs": [],
     }
     log(f"{len(stream_paths)} stream volumes, {len(holdout)} holdout volumes, {num_classes} classes, "
@@ -225,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append(("accept", TrainJob(round_id=f"accept-{case.name}", accepted_label_path=accepted_file,
                                         scribble_path=files["scribble"], **common)))
         if args.consolidate_steps:
-            jobs.append(("consolidate", TrainJob.consolidation(
-                "stream", f"consolidate-{position}", num_classes, validation=list(validation),
-                images_seen=trained + 1, steps=args.consolidate_steps, settings=settings.to_dict())))
+            jobs.extend(("consolidate", TrainJob.consolidation(
+                "stream", f"consolidate-{position}-{repeat}", num_classes, validation=list(validation),
+                images_seen=trained + 1, steps=args.consolidate_steps, settings=settings.to_dict()))
+                for repeat in range(args.consolidate_jobs))
         for kind, job in jobs:
             wall, cpu_time = time.perf_counter(), time.process_time()
             result = run_train_job(job, registry, replay, device=cpu)

@@ -32,6 +32,7 @@ def default_learning(settings: Settings) -> dict[str, Any]:
     return {
         "steps": settings.online_steps,
         "consolidation_steps": settings.consolidation_steps,
+        "consolidation_jobs": settings.consolidation_jobs,
         "channels": list(settings.model_channels),
         "validation_every": settings.validation_every,
         "train_on_rounds": settings.train_on_rounds,

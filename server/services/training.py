@@ -1,15 +1,17 @@
 """Online learning jobs: built from stored rounds, run by an executor, tracked in the database.
 
 A job is submitted after each round (unless the project turned that off) and on accept.
-When an accept job has succeeded, a consolidation job follows (``consolidation_steps`` of
-the project's learning settings; 0: none): it trains on the replay buffer alone, every
-accepted image alike, and the project's next accept job stops it (the executors' rule), so
-it never delays that image's new model; round jobs, and jobs of other projects in the
-embedded executor's single queue, wait behind it (at most its steps). Its row has no image
-(trigger ``consolidate``). It is queued from the executor's state callback just before the
-accept job's success is recorded: a server stopped between the two queues it again when the
-accept job runs again at the next start, and none is queued for a success that arrives
-while the server is stopping.
+When an accept job has succeeded, consolidation jobs follow (``consolidation_jobs`` of
+``consolidation_steps`` each, from the project's learning settings; 0 steps: none): each
+trains on the replay buffer alone, every accepted image alike, and goes through the gate;
+the next one is queued when the one before has succeeded, so jobs submitted meanwhile (round
+jobs, other projects' jobs in the embedded executor's single queue) wait for at most one of
+them. The project's next accept job stops a running one and cancels a queued one (the
+executors' rule), so consolidation never delays that image's new model, and the chain starts
+again after it. Their rows have no image (trigger ``consolidate``). Each is queued from the
+executor's state callback just before the success of the job before it is recorded: a server
+stopped between the two queues it again when that job runs again at the next start, and none
+is queued for a success that arrives while the server is stopping.
 Its ``learner.jobs.TrainJob`` payload names the round's files, the project's held-out
 validation images and settings; it is stored in the job's row before it goes to the
 executor, so jobs that were queued or running when the server stopped are submitted
@@ -29,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from learner.executors import Executor, ExecutorFactory, JobStatus, QueueFull, UnknownJob
 from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob, ValidationImage
-from learner.online import DEFAULT_CONSOLIDATION_STEPS, OnlineSettings
+from learner.online import DEFAULT_CONSOLIDATION_JOBS, DEFAULT_CONSOLIDATION_STEPS, OnlineSettings
 from server.auth import Principal
 from server.errors import NotFound
 from server.metrics import Metrics
@@ -178,10 +180,11 @@ class TrainingService:
     ) -> TrainingJob | None:
         """Queue a consolidation job of the project; a queued one of the project is superseded.
 
-        None when its settings ask for none, no image has been accepted for training yet, or
+        None when its settings ask for none, no image has been accepted for training yet,
         another accept job of the project (not ``after_job``, the one that just succeeded) is
-        still queued or running: that one queues consolidation when it succeeds, and two
-        consolidation jobs in a row would only delay the jobs behind them.
+        still queued or running (that one starts the chain again when it succeeds), or the
+        project's latest accepted image has had its ``consolidation_jobs`` already (counted
+        from the rows since its accept job, ``after_job`` included).
         """
         with self._session_factory() as db:
             project = db.get(Project, project_id)
@@ -190,6 +193,7 @@ class TrainingService:
             learning = project.learning
             # Projects stored before consolidation existed hold no value: the default (as for online settings).
             steps = int(learning.get("consolidation_steps", DEFAULT_CONSOLIDATION_STEPS))
+            chain = int(learning.get("consolidation_jobs", DEFAULT_CONSOLIDATION_JOBS))
             accepted = _accepted_images(db, project)
             replay_capacity = OnlineSettings.from_dict(learning["online"]).replay_capacity
             if steps < 1 or accepted < 1 or replay_capacity < 1:
@@ -201,10 +205,13 @@ class TrainingService:
                 pending_accept = pending_accept.where(TrainingJob.executor_id != after_job)
             if db.scalar(pending_accept):
                 return None
+            done = _consolidations_since_accept(db, project)
+            if done >= chain:
+                return None
             store = self._datastore
             job = TrainJob.consolidation(
                 str(project.id),
-                f"consolidate-{accepted}",
+                f"consolidate-{accepted}-{done + 1}",
                 len(project.labels),
                 validation=self._validation_images(db, project),
                 images_seen=accepted,
@@ -294,12 +301,13 @@ class TrainingService:
         self._metrics.queue_depth.set(self.queue_depth())
 
     def _consolidate_after(self, executor_id: str) -> None:
-        """Queue the project's consolidation job when ``executor_id`` is an accept job. Called
-        before its success is recorded, so whoever waits for the project's jobs to finish
-        sees the consolidation job queued, never a gap between the two."""
+        """Queue the project's next consolidation job when ``executor_id`` is an accept job or a
+        consolidation job. Called before its success is recorded, so whoever waits for the
+        project's jobs to finish sees the next job queued, never a gap between the two."""
         with self._session_factory() as db:
             row = db.scalar(select(TrainingJob).where(TrainingJob.executor_id == executor_id))
-            if row is None or row.trigger not in ACCEPTED_TRIGGERS or row.state == "succeeded":
+            chained = (*ACCEPTED_TRIGGERS, CONSOLIDATION_TRIGGER)
+            if row is None or row.trigger not in chained or row.state == "succeeded":
                 return
             project_id, created_by = row.project_id, row.created_by
         self.submit_consolidation(project_id, created_by, after_job=executor_id)
@@ -313,6 +321,15 @@ class TrainingService:
                 setattr(row, key, value)
             db.commit()
             return True
+
+
+def _consolidations_since_accept(db: Session, project: Project) -> int:
+    """Consolidation jobs of the project queued since its latest accept job (any state)."""
+    latest_accept = db.scalar(select(func.max(TrainingJob.id)).where(
+        TrainingJob.project_id == project.id, TrainingJob.trigger.in_(ACCEPTED_TRIGGERS)))
+    return db.scalar(select(func.count(TrainingJob.id)).where(
+        TrainingJob.project_id == project.id, TrainingJob.trigger == CONSOLIDATION_TRIGGER,
+        TrainingJob.id > (latest_accept or 0))) or 0
 
 
 def _accepted_images(db: Session, project: Project, excluding: int | None = None) -> int:

@@ -174,6 +174,26 @@ def consolidation(project_id: str = "p", round_id: str = "consolidate-1") -> Tra
                     num_classes=2, steps=5)
 
 
+def test_accept_jobs_of_any_project_run_before_the_jobs_queued_before_them():
+    runner = GatedRunner()
+    executor = EmbeddedExecutor(runner)
+    try:
+        running = executor.submit(consolidation("p"))
+        assert runner.started.wait(WAIT)
+        earlier = [executor.submit(job("a", "1")), executor.submit(consolidation("q"))]
+        accept_b = executor.submit(job("b", "accept-b", project_id="r", accepted_label_path="b.npy"))
+        accept_c = executor.submit(job("c", "accept-c", project_id="q", accepted_label_path="c.npy"))
+        assert executor.status(running).state == JobState.RUNNING  # another project's accept does not stop it
+        runner.gate.set()
+        for job_id in (running, *earlier, accept_b, accept_c):
+            executor.wait(job_id, WAIT)
+        # Project q's accept cancelled q's queued consolidation; r's accept ran first although queued later.
+        assert executor.status(earlier[1]).state == JobState.CANCELLED
+        assert runner.ran == [running, accept_b, accept_c, earlier[0]]
+    finally:
+        executor.shutdown(wait=True, timeout=WAIT)
+
+
 def test_an_accept_job_ends_the_consolidation_jobs_of_its_project_only():
     runner = GatedRunner()
     executor = EmbeddedExecutor(runner)

@@ -19,6 +19,7 @@ from learner.metrics import dice_per_class
 from learner.networks import build_network
 from learner.objective import build_objective
 from learner.online import (
+    DEFAULT_CONSOLIDATION_JOBS,
     DEFAULT_CONSOLIDATION_STEPS,
     DEFAULT_ONLINE_STEPS,
     OnlineExample,
@@ -292,6 +293,13 @@ def test_an_update_over_a_good_model_keeps_only_its_share_of_the_change():
     assert kept_share(settings, 0.0) == 1.0
     assert kept_share(settings, 0.8) == pytest.approx(0.6)
     assert kept_share(settings, 1.0) == pytest.approx(0.5)
+    assert kept_share(settings, 0.8, consolidation=True) == 1.0  # the default: consolidation keeps all
+    same = OnlineSettings(keep_fraction_reliable=0.5, consolidation_keep_fraction_reliable=None)
+    assert kept_share(same, 0.8, consolidation=True) == pytest.approx(0.6)  # None: the accept jobs' rule
+    own = OnlineSettings(keep_fraction_reliable=0.5, consolidation_keep_fraction_reliable=0.25)
+    assert kept_share(own, 0.8, consolidation=True) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="consolidation_keep_fraction_reliable"):
+        OnlineSettings(consolidation_keep_fraction_reliable=-0.1)
 
     image, label = disc_volume(5, shape=(3, 32, 32))
     changes = {}
@@ -562,5 +570,6 @@ def test_the_servers_defaults_are_the_learners():
     defaults = Settings()
     assert defaults.online_steps == DEFAULT_ONLINE_STEPS
     assert defaults.consolidation_steps == DEFAULT_CONSOLIDATION_STEPS
+    assert defaults.consolidation_jobs == DEFAULT_CONSOLIDATION_JOBS
     assert defaults.replay_capacity == OnlineSettings().replay_capacity
     assert defaults.model_size == OnlineSettings().size

@@ -54,7 +54,7 @@ def wait_until_jobs_finish(client, project_id: int, headers, timeout: float = JO
 
 def test_accept_is_followed_by_a_consolidation_job_and_version(client, admin_headers, annotator_headers,
                                                                  volume_and_label):
-    project = create_project(client, admin_headers, {"consolidation_steps": 3})
+    project = create_project(client, admin_headers, {"consolidation_steps": 3, "consolidation_jobs": 1})
     assert project["learning"]["consolidation_steps"] == 3
     accepted = annotate_and_accept(client, project, annotator_headers, volume_and_label)
 
@@ -103,6 +103,31 @@ def test_accept_is_followed_by_a_consolidation_job_and_version(client, admin_hea
     assert shown["annotation_to_model_seconds"] is None
 
 
+def test_consolidation_jobs_follow_one_another_and_start_again_after_the_next_accept(
+        client, admin_headers, annotator_headers, volume_and_label):
+    project = create_project(client, admin_headers, {"consolidation_steps": 3, "consolidation_jobs": 3})
+    assert project["learning"]["consolidation_jobs"] == 3
+    first = annotate_and_accept(client, project, annotator_headers, volume_and_label)
+    jobs = wait_until_jobs_finish(client, project["id"], annotator_headers)
+    chain = [j for j in jobs if j["trigger"] == "consolidate"]
+    assert len(chain) == 3 and all(j["state"] == "succeeded" for j in chain), jobs
+    accept_job = next(j for j in jobs if j["id"] == first["job_id"])
+    # One after the other: each queued when the one before had succeeded, so none overlaps.
+    previous_end = accept_job["finished_at"]
+    for job in sorted(chain, key=lambda j: j["id"]):
+        assert job["started_at"] >= previous_end, (job, previous_end)
+        previous_end = job["finished_at"]
+    models = client.get(f"{API}/projects/{project['id']}/models", headers=annotator_headers).json()
+    rounds = sorted(v["details"]["source"]["round_id"] for v in models["versions"] if v["source"] == "consolidation")
+    assert rounds == ["consolidate-1-1", "consolidate-1-2", "consolidate-1-3"], rounds
+
+    annotate_and_accept(client, project, annotator_headers, volume_and_label)  # a second image: a new chain
+    jobs = wait_until_jobs_finish(client, project["id"], annotator_headers)
+    assert len([j for j in jobs if j["trigger"] == "consolidate"]) == 6, jobs
+    models = client.get(f"{API}/projects/{project['id']}/models", headers=annotator_headers).json()
+    assert "consolidate-2-3" in {v["details"]["source"].get("round_id") for v in models["versions"]}
+
+
 @pytest.mark.parametrize("learning", [
     None,  # the settings fixture: consolidation_steps 0
     {"consolidation_steps": 0},
@@ -129,9 +154,10 @@ def test_consolidation_steps_in_learning_settings(client, admin_headers, annotat
     assert project["learning"]["consolidation_steps"] == 0  # from the server settings
     url = f"{API}/projects/{project['id']}/learning"
 
-    response = client.patch(url, json={"consolidation_steps": 4}, headers=admin_headers)
+    response = client.patch(url, json={"consolidation_steps": 4, "consolidation_jobs": 1}, headers=admin_headers)
     assert response.status_code == 200, response.text
     assert response.json()["learning"]["consolidation_steps"] == 4
+    assert response.json()["learning"]["consolidation_jobs"] == 1
     assert client.get(f"{API}/projects/{project['id']}", headers=annotator_headers).json()[
         "learning"]["consolidation_steps"] == 4
     events = client.get(f"{API}/projects/{project['id']}/audit", headers=admin_headers).json()
@@ -142,6 +168,9 @@ def test_consolidation_steps_in_learning_settings(client, admin_headers, annotat
         response = client.patch(url, json={"consolidation_steps": bad}, headers=admin_headers)
         assert 400 <= response.status_code < 500, (bad, response.text)
         assert "consolidation_steps" in response.text, (bad, response.text)
+    for bad in (0, 101, "many"):
+        response = client.patch(url, json={"consolidation_jobs": bad}, headers=admin_headers)
+        assert 400 <= response.status_code < 500 and "consolidation_jobs" in response.text, (bad, response.text)
     # an annotator may not change it
     response = client.patch(url, json={"consolidation_steps": 1}, headers=annotator_headers)
     assert response.status_code == 403, response.text
@@ -170,7 +199,7 @@ def test_consolidation_steps_in_learning_settings(client, admin_headers, annotat
 def test_accept_jobs_queued_together_are_followed_by_one_consolidation_job(client, admin_headers,
                                                                            annotator_headers):
     # Long accept jobs, so the second image is accepted while the first one's job still runs.
-    project = create_project(client, admin_headers, {"steps": 500, "consolidation_steps": 3})
+    project = create_project(client, admin_headers, {"steps": 500, "consolidation_steps": 3, "consolidation_jobs": 1})
     first = annotate_and_accept(client, project, annotator_headers, synthetic_volume(seed=1))
     second = annotate_and_accept(client, project, annotator_headers, synthetic_volume(seed=2))
     jobs = wait_until_jobs_finish(client, project["id"], annotator_headers, timeout=3 * JOB_SECONDS)
@@ -185,17 +214,18 @@ def test_accept_jobs_queued_together_are_followed_by_one_consolidation_job(clien
 
 def test_a_project_stored_before_consolidation_existed_gets_the_default(app, client, admin_headers,
                                                                         annotator_headers):
-    from learner.online import DEFAULT_CONSOLIDATION_STEPS
+    from learner.online import DEFAULT_CONSOLIDATION_JOBS, DEFAULT_CONSOLIDATION_STEPS
     from server.storage.tables import Project
 
-    project = create_project(client, admin_headers, {"consolidation_steps": 3})
+    project = create_project(client, admin_headers, {"consolidation_steps": 3, "consolidation_jobs": 5})
     with app.state.context.session_factory() as db:
         row = db.get(Project, project["id"])
-        row.learning = {k: v for k, v in row.learning.items() if k != "consolidation_steps"}
+        row.learning = {k: v for k, v in row.learning.items() if not k.startswith("consolidation_")}
         db.commit()
     shown = client.get(f"{API}/projects/{project['id']}", headers=annotator_headers)
     assert shown.status_code == 200, shown.text
     assert shown.json()["learning"]["consolidation_steps"] == DEFAULT_CONSOLIDATION_STEPS
+    assert shown.json()["learning"]["consolidation_jobs"] == DEFAULT_CONSOLIDATION_JOBS
     response = client.patch(f"{API}/projects/{project['id']}/learning", json={"consolidation_steps": 2},
                             headers=admin_headers)
     assert response.status_code == 200, response.text
