@@ -71,7 +71,8 @@ DEFAULT_CONSOLIDATION_STEPS = 200
 DEFAULT_CONSOLIDATION_JOBS = 2
 CONFIDENCE_MODES = ("map", "schedule")
 #: "warmup" spares a trained model the first steps of a fresh AdamW, each about lr in every weight.
-LR_SCHEDULES = ("constant", "warmup")
+#: "warmup_decay": the same warm-up, then linearly down to 0 at the last step (an annealed end point).
+LR_SCHEDULES = ("constant", "warmup", "warmup_decay")
 
 #: progress(step, total) after each optimiser step.
 ProgressCallback = Callable[[int, int], None]
@@ -114,6 +115,9 @@ class OnlineSettings:
     learning_rate: float = 1e-3
     lr_schedule: str = "warmup"  # "warmup": linear from 0 over warmup_fraction of the steps, then constant; "constant"
     warmup_fraction: float = 0.1
+    # The schedule of consolidation jobs (None: lr_schedule): annealed to 0, so that the version each one
+    # leaves is an end point of training on every stored image, not a snapshot at the full rate.
+    consolidation_lr_schedule: str | None = "warmup_decay"
     keep_fraction_reliable: float = 0.5  # s: the share of an update kept over a base model of validation Dice q is 1 − q·(1 − s)
     # s of consolidation jobs (None: keep_fraction_reliable). 1: they keep all of their change, since they
     # draw every stored image alike (no pull towards one image); docs/benchmarks.md, "Consolidation".
@@ -150,6 +154,9 @@ class OnlineSettings:
             raise ValueError(f"schedule_images must be at least 1, got {self.schedule_images}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.consolidation_lr_schedule not in (None, *LR_SCHEDULES):
+            raise ValueError(f"consolidation_lr_schedule must be one of {LR_SCHEDULES} or None, "
+                             f"got {self.consolidation_lr_schedule!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
         for name in ("keep_fraction_reliable", "consolidation_keep_fraction_reliable"):
@@ -487,11 +494,19 @@ def _make_batch(
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def job_learning_rate(settings: OnlineSettings, step: int, steps: int) -> float:
-    """The learning rate of optimiser step ``step`` (0-based) of a ``steps``-step update."""
+def job_learning_rate(settings: OnlineSettings, step: int, steps: int, consolidation: bool = False) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of a ``steps``-step update (a
+    ``consolidation`` job follows ``consolidation_lr_schedule`` when that is set)."""
+    schedule = settings.lr_schedule
+    if consolidation and settings.consolidation_lr_schedule is not None:
+        schedule = settings.consolidation_lr_schedule
     base = settings.learning_rate
-    warmup = int(settings.warmup_fraction * steps) if settings.lr_schedule == "warmup" else 0
-    return base * (step + 1) / (warmup + 1) if step < warmup else base
+    warmup = int(settings.warmup_fraction * steps) if schedule != "constant" else 0
+    if step < warmup:
+        return base * (step + 1) / (warmup + 1)
+    if schedule == "warmup_decay":
+        return base * (steps - step) / (steps - warmup)
+    return base
 
 
 def kept_share(settings: OnlineSettings, base_quality: float | None, consolidation: bool = False) -> float:
@@ -597,7 +612,7 @@ def train_online(
             batch = _make_batch(prepared, replayed, current, rng, settings, device)
             objective.progress = step / steps
             for group in optimizer.param_groups:
-                group["lr"] = job_learning_rate(settings, step, steps)
+                group["lr"] = job_learning_rate(settings, step, steps, consolidation=prepared is None)
             losses.append(training_step(model, objective, batch, optimizer, precision)["total"])
             replay_used += len(replayed) if replayed is not None else 0
             if progress is not None:

@@ -283,6 +283,14 @@ def test_learning_rate_warms_up_then_holds():
     assert {job_learning_rate(flat, step, 200) for step in range(200)} == {1e-3}
     with pytest.raises(ValueError, match="lr_schedule"):
         OnlineSettings(lr_schedule="cosine")
+    # Consolidation jobs may follow their own schedule: the same warm-up, then down to 0 at the end.
+    annealed = OnlineSettings(learning_rate=1e-3)  # consolidation_lr_schedule "warmup_decay", the default
+    decay = [job_learning_rate(annealed, step, 200, consolidation=True) for step in range(200)]
+    assert decay[:20] == rates[:20] and decay[20] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(decay[20:], decay[21:], strict=False)) and decay[-1] == pytest.approx(1e-3 / 180)
+    assert [job_learning_rate(annealed, step, 200) for step in range(200)] == rates  # accept jobs: lr_schedule
+    with pytest.raises(ValueError, match="consolidation_lr_schedule"):
+        OnlineSettings(consolidation_lr_schedule="cosine")
     with pytest.raises(ValueError, match="keep_fraction_reliable"):
         OnlineSettings(keep_fraction_reliable=1.5)
 
