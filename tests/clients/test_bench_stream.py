@@ -28,7 +28,7 @@ def stream_dirs(tmp_path, monkeypatch):
             write_volume_atomic(volume, tmp_path / split / "images" / f"case{seed}.nii.gz")
             write_volume_atomic(volume, tmp_path / split / "labels" / f"case{seed}.nii.gz", label)
     # The embedded server reads these (a tiny network, two steps per job, no validation images).
-    for name, value in (("ONLINE_STEPS", "2"), ("CONSOLIDATION_STEPS", "2"), ("MODEL_SIZE", "32"), ("MODEL_CHANNELS", "[4, 8, 16]"),
+    for name, value in (("ONLINE_STEPS", "2"), ("CONSOLIDATION_STEPS", "2"), ("CONSOLIDATION_JOBS", "2"), ("MODEL_SIZE", "32"), ("MODEL_CHANNELS", "[4, 8, 16]"),
                         ("VALIDATION_EVERY", "0"), ("REPLAY_CAPACITY", "1"), ("COMPUTE_THREADS", "1")):
         monkeypatch.setenv(f"SCRIBBLEFLOW_{name}", value)
     return tmp_path
@@ -47,11 +47,12 @@ def test_bench_stream_end_to_end(stream_dirs, tmp_path):
     assert summary["errors"] == 0, summary["error_messages"]
     assert summary["volumes"] == 2 and "failed" not in summary["jobs"]
     # Every round and accept queued a job (a round job may be superseded or stopped by its accept),
-    # and every accept job a consolidation job, which the benchmark waited for before the next image.
-    assert summary["jobs_by_trigger"] == {"round": summary["rounds"], "accept": 2, "consolidate": 2}
-    assert sum(summary["jobs"].values()) == summary["rounds"] + 4 and summary["jobs"]["succeeded"] >= 4
+    # and every accept job a chain of two consolidation jobs, which the benchmark waited for before the
+    # next image.
+    assert summary["jobs_by_trigger"] == {"round": summary["rounds"], "accept": 2, "consolidate": 4}
+    assert sum(summary["jobs"].values()) == summary["rounds"] + 6 and summary["jobs"]["succeeded"] >= 6
     consolidations = [v for v in report["learning_curve"]["versions"] if v["source"] == "consolidation"]
-    assert len(consolidations) == 2 and all(v["metrics"]["steps"] == 2 for v in consolidations)
+    assert len(consolidations) == 4 and all(v["metrics"]["steps"] == 2 for v in consolidations)
 
     truths = {f"case{s}": synthetic_volume(SHAPE_ZYX, seed=s)[1] for s in (0, 1)}
     for volume in report["volumes"]:
