@@ -494,12 +494,16 @@ def _make_batch(
     return {key: value.to(device) for key, value in batch.items()}
 
 
+def _job_setting(settings: OnlineSettings, name: str, consolidation: bool):
+    """Setting ``name``, or for a ``consolidation`` job its ``consolidation_<name>`` when that is set."""
+    own = getattr(settings, f"consolidation_{name}") if consolidation else None
+    return getattr(settings, name) if own is None else own
+
+
 def job_learning_rate(settings: OnlineSettings, step: int, steps: int, consolidation: bool = False) -> float:
     """The learning rate of optimiser step ``step`` (0-based) of a ``steps``-step update (a
     ``consolidation`` job follows ``consolidation_lr_schedule`` when that is set)."""
-    schedule = settings.lr_schedule
-    if consolidation and settings.consolidation_lr_schedule is not None:
-        schedule = settings.consolidation_lr_schedule
+    schedule = _job_setting(settings, "lr_schedule", consolidation)
     base = settings.learning_rate
     warmup = int(settings.warmup_fraction * steps) if schedule != "constant" else 0
     if step < warmup:
@@ -516,10 +520,7 @@ def kept_share(settings: OnlineSettings, base_quality: float | None, consolidati
     (one image of a stream pulls it towards that image; interpolating in weight space keeps
     most of what it knew), an untrained one takes the whole update."""
     q = 0.0 if base_quality is None or not math.isfinite(base_quality) else float(np.clip(base_quality, 0.0, 1.0))
-    s = settings.keep_fraction_reliable
-    if consolidation and settings.consolidation_keep_fraction_reliable is not None:
-        s = settings.consolidation_keep_fraction_reliable
-    return 1.0 - q * (1.0 - s)
+    return 1.0 - q * (1.0 - _job_setting(settings, "keep_fraction_reliable", consolidation))
 
 
 def train_online(
