@@ -45,6 +45,13 @@ NOTHING = -1
 # --- pure helpers ---------------------------------------------------------------------------
 
 
+def answer_before_first_round(opening_zyx: np.ndarray) -> np.ndarray:
+    """What round 1 corrects: the opening labels when they show any structure (the server keeps
+    them where the user draws nothing), else ``NOTHING`` everywhere (an empty opening claims nothing)."""
+    opening = np.asarray(opening_zyx).astype(np.int64)
+    return opening if opening.any() else np.full_like(opening, NOTHING)
+
+
 def usable_suggestion(suggestion: schemas.Suggestion | None, drawn: set[tuple[int, int]]) -> bool:
     """True when the server suggested a plane that has not been drawn yet."""
     return suggestion is not None and (int(suggestion.axis), int(suggestion.slice)) not in drawn
@@ -344,8 +351,7 @@ class SimulatedAnnotator:
         record.opening_dice = dice_per_class(prediction, truth, self.num_classes)
         suggestion = session.suggestion
         drawn: set[tuple[int, int]] = set()
-        # The server keeps the opening as the answer of round 0 when it shows any structure.
-        segmentation = prediction.astype(np.int64) if prediction.any() else np.full_like(truth, NOTHING)
+        segmentation = answer_before_first_round(prediction)
         if target_dice is not None and mean_foreground_dice(record.opening_dice) >= target_dice:
             record.reached_target = True
             max_rounds = 0

@@ -22,7 +22,13 @@ import time
 
 import numpy as np
 
-from clients.annotator import NOTHING, choose_slice, corrective_scribble, mean_foreground_dice
+from clients.annotator import (
+    NOTHING,
+    answer_before_first_round,
+    choose_slice,
+    corrective_scribble,
+    mean_foreground_dice,
+)
 from learner.data import case_paths, load_case
 from learner.metrics import dice_per_class
 from registration.io.volume import UNLABELLED
@@ -56,10 +62,7 @@ def simulate_volume(
     """Rows per round: slice, Dice of fused and proxy, model weight, suggestion hit numbers."""
     seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
     planes: set[tuple[int, int]] = set()
-    # The opening (the model's labels) is the answer round 1 corrects when it shows any structure,
-    # as the server keeps it; an untrained model's empty opening keeps nothing.
-    opening = model.argmax(axis=0)
-    answer = opening if opening.any() else np.full_like(truth, NOTHING)
+    answer = answer_before_first_round(model.argmax(axis=0))
     suggestion = opening_suggestion(model, reliability=0.0)
     rows = []
     for number in range(rounds):
