@@ -230,3 +230,38 @@ def test_a_project_stored_before_consolidation_existed_gets_the_default(app, cli
                             headers=admin_headers)
     assert response.status_code == 200, response.text
     assert response.json()["learning"]["consolidation_steps"] == 2
+
+
+def test_a_server_restart_in_the_middle_of_a_chain_finishes_the_chain_once(app, client, admin_headers,
+                                                                          annotator_headers, volume_and_label):
+    """The training service stops while the first of two consolidation jobs runs (as when the
+    server stops): its row stays unfinished, the next start runs it again from its stored
+    payload, and the chain goes on to its second job, with one version per job and no third."""
+    project = create_project(client, admin_headers, {"consolidation_steps": 300, "consolidation_jobs": 2})
+    annotate_and_accept(client, project, annotator_headers, volume_and_label)
+    deadline = time.monotonic() + JOB_SECONDS
+    while True:
+        jobs = client.get(f"{API}/projects/{project['id']}/jobs", headers=annotator_headers).json()
+        first = next((j for j in jobs if j["trigger"] == "consolidate"), None)
+        if first is not None and first["state"] == "running" and first["progress"] > 0:
+            break
+        assert first is None or first["state"] in ("queued", "running"), f"it ended before the restart: {first}"
+        assert time.monotonic() < deadline, f"no consolidation job ran within {JOB_SECONDS} s: {jobs}"
+        time.sleep(0.05)
+
+    training = app.state.context.training
+    training.stop()
+    jobs = client.get(f"{API}/projects/{project['id']}/jobs", headers=annotator_headers).json()
+    stopped = next(j for j in jobs if j["id"] == first["id"])
+    assert stopped["state"] in ("queued", "running"), stopped  # left for the next start, not cancelled
+    assert len([j for j in jobs if j["trigger"] == "consolidate"]) == 1, jobs
+    training.start()
+
+    jobs = wait_until_jobs_finish(client, project["id"], annotator_headers, timeout=3 * JOB_SECONDS)
+    chain = sorted((j for j in jobs if j["trigger"] == "consolidate"), key=lambda j: j["id"])
+    assert [j["state"] for j in chain] == ["succeeded", "succeeded"], jobs
+    assert chain[0]["id"] == first["id"]  # the same row, run again
+    assert chain[1]["started_at"] >= chain[0]["finished_at"]
+    models = client.get(f"{API}/projects/{project['id']}/models", headers=annotator_headers).json()
+    rounds = sorted(v["details"]["source"]["round_id"] for v in models["versions"] if v["source"] == "consolidation")
+    assert rounds == ["consolidate-1-1", "consolidate-1-2"], rounds  # the stopped run stored nothing
