@@ -51,6 +51,14 @@ class ValidationImage:
     label_path: str
 
 
+def gate_images(held_out: list[ValidationImage], accepted_training: list[ValidationImage]) -> dict:
+    """The ``TrainJob`` fields of the promotion gate's images: the held-out ones; until there
+    is one, the accepted training images, marked in-sample (``learner.registry``)."""
+    if held_out:
+        return {"validation": list(held_out), "validation_in_sample": False}
+    return {"validation": list(accepted_training), "validation_in_sample": bool(accepted_training)}
+
+
 @dataclass
 class TrainJob:
     """One online update of a project's model from one image (JSON-serialisable), or a
@@ -64,6 +72,8 @@ class TrainJob:
         prediction is P_prev in the label-smoothing target; None = base_version.
     images_seen: images of the stream seen before this one (the schedule's n).
     validation: the project's held-out images for the promotion gate.
+    validation_in_sample: True when ``validation`` holds accepted training images instead
+        (the project has no held-out image yet; ``ModelRegistry.promote_or_reject``).
     settings: ``OnlineSettings.to_dict()`` (missing keys take their defaults).
     registry_root / replay_root: where a worker finds the project's registry and replay
         buffer (``run_train_job_at_paths``); unused when objects are passed in.
@@ -82,6 +92,7 @@ class TrainJob:
     scribble_path: str | None = None
     accepted_label_path: str | None = None
     validation: list[ValidationImage] = field(default_factory=list)
+    validation_in_sample: bool = False
     images_seen: int = 0
     steps: int = DEFAULT_ONLINE_STEPS
     settings: dict = field(default_factory=dict)
@@ -316,7 +327,8 @@ def run_train_job(
         metadata={"size": settings.size, "method": "online"},
     )
     decision = registry.promote_or_reject(
-        candidate.version, validation, settings.promotion_tolerance, size=settings.size, device=device
+        candidate.version, validation, settings.promotion_tolerance, size=settings.size, device=device,
+        in_sample=job.validation_in_sample,
     )
     stored = False
     if replay is not None and prepared is not None:

@@ -22,12 +22,17 @@ validation images (accepted labels held out from training) the candidate's mean 
 version served on exactly these images (the serving one, or a retired one measured on
 them) minus ``tolerance``. Comparing with the best rather than the serving version keeps
 a run of promotions that each lose a little from adding up to more than ``tolerance``.
-With no validation images yet there is nothing to measure against,
-and the candidate is promoted: early in a stream learning must not stall waiting for
-validation data; the decision's reason says so. Except over an imported checkpoint: an
-offline model the admin chose is replaced only by a candidate that matches it on
-validation images (ACDC warm start: the first unchecked online version fell from holdout
-Dice 0.837 to 0.570, trained 200 steps on one image), so until the project has some the
+With no validation images at all there is nothing to measure against, and the candidate
+is promoted: early in a stream learning must not stall waiting for validation data; the
+decision's reason says so. Until a project holds out its first image, the server gates on
+its accepted training images instead (``in_sample``): the same comparison, which then
+checks fit to labels the candidate has trained on, not generalisation, yet still stops a
+candidate that lost what the serving version could do (hippocampus cold stream, no held-out
+image in the first four: unchecked promotions fell from holdout Dice 0.24 to 0.03 and from
+0.67 to 0.49). Over an imported checkpoint neither counts: an offline model the admin chose
+is replaced only by a candidate that matches it on held-out validation images (ACDC warm
+start: the first unchecked online version fell from holdout Dice 0.837 to 0.570, trained
+200 steps on one image, which an in-sample check favours), so until the project has some the
 candidate is rejected (it stays listed, and the image stays in the replay buffer).
 
 Checkpoint files never change once written, so models are cached by version.
@@ -119,6 +124,7 @@ class GateDecision:
     validation_cases: int
     best_dice: float | None = None  # the best served version's Dice on these images (>= serving_dice)
     best_version: int | None = None
+    in_sample: bool = False  # measured on images the candidate trained on (no held-out image yet)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -446,24 +452,26 @@ class ModelRegistry:
         return record
 
     def _validation_dice(
-        self, version: int, cases: Sequence[ValidationCase], key: str, size: int, device
+        self, version: int, cases: Sequence[ValidationCase], key: str, size: int, device, prefix: str = "val"
     ) -> float:
+        """Mean Dice of ``version`` on ``cases``, stored in its metrics as ``{prefix}_dice`` with
+        ``{prefix}_key`` (``fit`` for in-sample cases, which are not a validation Dice)."""
         record = self.record(version)
-        if record.metrics.get("val_key") == key and record.metrics.get("val_dice") is not None:
-            return float(record.metrics["val_dice"])
+        if record.metrics.get(f"{prefix}_key") == key and record.metrics.get(f"{prefix}_dice") is not None:
+            return float(record.metrics[f"{prefix}_dice"])
         model, config, _ = self.load(version, device=device)
         dice, _per_case = mean_validation_dice(model, cases, config.num_classes, size=size, device=device)
         with self._locked():
-            self._update(version, metrics={"val_dice": dice, "val_key": key, "val_cases": len(cases)})
+            self._update(version, metrics={f"{prefix}_dice": dice, f"{prefix}_key": key, f"{prefix}_cases": len(cases)})
         return dice
 
-    def _best_served(self, key: str, serving: int, serving_dice: float) -> tuple[int, float]:
+    def _best_served(self, key: str, serving: int, serving_dice: float, prefix: str = "val") -> tuple[int, float]:
         """(version, Dice) of the best version served so far whose Dice was measured on the
         validation set ``key``; the serving version unless a retired one scored higher."""
         best = (serving, serving_dice)
         for record in self.versions():
-            dice = record.metrics.get("val_dice")
-            if record.status == "retired" and record.metrics.get("val_key") == key and dice is not None:
+            dice = record.metrics.get(f"{prefix}_dice")
+            if record.status == "retired" and record.metrics.get(f"{prefix}_key") == key and dice is not None:
                 if float(dice) > best[1]:
                     best = (record.version, float(dice))
         return best
@@ -476,11 +484,14 @@ class ModelRegistry:
         *,
         size: int,
         device: torch.device | None = None,
+        in_sample: bool = False,
     ) -> GateDecision:
         """Make ``candidate`` the serving version, or reject it (see the module docstring).
 
         Dice is measured with ``predict_volume`` at in-plane ``size`` and stored in each
-        version's metrics (reused while the validation set is unchanged).
+        version's metrics (reused while the validation set is unchanged). ``in_sample``: the
+        cases are accepted training images, not held out (the reason says so, and they do
+        not count against an imported serving version).
         """
         if tolerance < 0:
             raise ValueError(f"tolerance must not be negative, got {tolerance}")
@@ -493,22 +504,24 @@ class ModelRegistry:
             candidate_dice = serving_dice = best_dice = best_version = None
             if serving is None:
                 promoted, reason = True, "no serving version yet"
-            elif not validation_cases and self.record(serving).source.get("kind") == "imported":
+            elif (not validation_cases or in_sample) and self.record(serving).source.get("kind") == "imported":
                 promoted, reason = False, (
-                    f"no validation images yet to compare with the imported version {serving}: kept it"
+                    f"no held-out validation images yet to compare with the imported version {serving}: kept it"
                 )
             elif not validation_cases:
                 promoted, reason = True, "no validation images yet: promoted without a check"
             else:
-                serving_dice = self._validation_dice(serving, validation_cases, key, size, device)
-                candidate_dice = self._validation_dice(candidate, validation_cases, key, size, device)
-                best_version, best_dice = self._best_served(key, serving, serving_dice)
+                prefix = "fit" if in_sample else "val"
+                serving_dice = self._validation_dice(serving, validation_cases, key, size, device, prefix)
+                candidate_dice = self._validation_dice(candidate, validation_cases, key, size, device, prefix)
+                best_version, best_dice = self._best_served(key, serving, serving_dice, prefix)
                 promoted = candidate_dice >= best_dice - tolerance
                 relation = ">=" if promoted else "<"
                 which = "serving" if best_version == serving else "best served"
+                images = "accepted training image(s), no held-out image yet" if in_sample else "image(s)"
                 reason = (
                     f"validation Dice {candidate_dice:.4f} {relation} {best_dice:.4f} "
-                    f"(version {best_version}, {which}) - tolerance {tolerance:g} on {len(validation_cases)} image(s)"
+                    f"(version {best_version}, {which}) - tolerance {tolerance:g} on {len(validation_cases)} {images}"
                 )
             with self._locked():
                 if serving != next((r.version for r in self._read() if r.status == "serving"), None):
@@ -525,6 +538,7 @@ class ModelRegistry:
                 validation_cases=len(validation_cases),
                 best_dice=best_dice,
                 best_version=best_version,
+                in_sample=bool(in_sample and validation_cases),
             )
         raise RegistryError(f"the serving version kept changing while gating version {candidate}")
 

@@ -6,7 +6,9 @@
 For each training volume in order, what the server would hand the learner:
 
 * every ``--validation-every``-th image is held out (as the server's ``validation_every``):
-  its accepted label joins the promotion gate's validation set and it trains nothing;
+  its accepted label joins the promotion gate's validation set and it trains nothing
+  (until the first one, the gate uses the accepted training images, in-sample, as the
+  server does: ``learner.jobs.gate_images``);
 * otherwise a **round job** on the registration proxy of ``--mask-slices`` ground-truth
   slices (``registration.propagate.propagate_to_volume``: probabilities and confidence
   map), with the user's scribbles on those slices as hard labels (the file's scribbles, or
@@ -39,7 +41,7 @@ import torch
 
 from learner.bench.propagate import choose_axis, choose_slices
 from learner.data import Case, case_paths, load_case
-from learner.jobs import TrainJob, ValidationImage, run_train_job
+from learner.jobs import TrainJob, ValidationImage, gate_images, run_train_job
 from learner.online import OnlineSettings
 from learner.registry import ModelRegistry, ValidationCase, mean_validation_dice
 from learner.replay import ReplayBuffer
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         f"v0 holdout Dice {report['holdout_dice_v0']:.3f}; settings {values or 'defaults'}, steps {steps}")
 
     validation: list[ValidationImage] = []
+    accepted_training: list[ValidationImage] = []  # the gate's images until one is held out
     learned: list[ValidationCase] = []
     final_labels: list[ValidationCase] = []  # what the accept jobs trained on
     after_learning: list[float] = []
@@ -218,18 +221,20 @@ def main(argv: list[str] | None = None) -> int:
         files = {name: save(folder / f"{name}.npy", array) for name, array in inputs.items()}
         accepted_file = truth_file if args.accepted == "truth" else files["proxy_labels"]
         common = dict(project_id="stream", image_id=case.name, image_path=image_file, num_classes=num_classes,
-                      reference_version=reference, validation=list(validation), images_seen=trained,
-                      steps=steps, settings=settings.to_dict())
+                      reference_version=reference, images_seen=trained, steps=steps, settings=settings.to_dict())
         jobs = []
         if not args.no_round_jobs:
             jobs.append(("round", TrainJob(round_id="1", proxy_probabilities_path=files["proxy_probabilities"],
                                            confidence_path=files["confidence"], scribble_path=files["scribble"],
-                                           **common)))
+                                           **gate_images(validation, accepted_training), **common)))
+        # As in the server, the image counts as accepted from its accept job on.
+        accepted_training.append(ValidationImage(case.name, image_file, accepted_file))
         jobs.append(("accept", TrainJob(round_id=f"accept-{case.name}", accepted_label_path=accepted_file,
-                                        scribble_path=files["scribble"], **common)))
+                                        scribble_path=files["scribble"], **gate_images(validation, accepted_training),
+                                        **common)))
         if args.consolidate_steps:
             jobs.extend(("consolidate", TrainJob.consolidation(
-                "stream", f"consolidate-{position}-{repeat}", num_classes, validation=list(validation),
+                "stream", f"consolidate-{position}-{repeat}", num_classes, **gate_images(validation, accepted_training),
                 images_seen=trained + 1, steps=args.consolidate_steps, settings=settings.to_dict()))
                 for repeat in range(args.consolidate_jobs))
         for kind, job in jobs:

@@ -57,6 +57,6 @@ def version_out(record: VersionRecord) -> ModelVersionOut:
         promoted=promoted,
         source=str(record.source.get("kind", "")),
         parent=record.parent,
-        metrics={k: v for k, v in record.metrics.items() if k != "val_key"},
+        metrics={k: v for k, v in record.metrics.items() if k not in ("val_key", "fit_key")},
         details={"status": record.status, "reason": record.reason, "source": record.source},
     )

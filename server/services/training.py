@@ -12,8 +12,8 @@ again after it. Their rows have no image (trigger ``consolidate``). Each is queu
 executor's state callback just before the success of the job before it is recorded: a server
 stopped between the two queues it again when that job runs again at the next start, and none
 is queued for a success that arrives while the server is stopping.
-Its ``learner.jobs.TrainJob`` payload names the round's files, the project's held-out
-validation images and settings; it is stored in the job's row before it goes to the
+Its ``learner.jobs.TrainJob`` payload names the round's files, the promotion gate's images
+(the held-out ones; the accepted training images until there is one) and settings; it is stored in the job's row before it goes to the
 executor, so jobs that were queued or running when the server stopped are submitted
 again at the next start. Images held out for validation never train the model.
 """
@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from learner.executors import Executor, ExecutorFactory, JobStatus, QueueFull, UnknownJob
-from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob, ValidationImage
+from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob, ValidationImage, gate_images
 from learner.online import DEFAULT_CONSOLIDATION_JOBS, DEFAULT_CONSOLIDATION_STEPS, OnlineSettings
 from server.auth import Principal
 from server.errors import NotFound
@@ -138,7 +138,7 @@ class TrainingService:
         self, db: Session, project: Project, image: Image, *, round_id: int | None, files: dict[str, Path],
         reference_version: int | None,
     ) -> TrainJob:
-        """The job's payload: the round's files, the project's held-out validation images, settings."""
+        """The job's payload: the round's files, the promotion gate's images, settings."""
         learning = project.learning
         store = self._datastore
         return TrainJob(
@@ -153,7 +153,7 @@ class TrainingService:
             confidence_path=_optional(files.get("confidence")),
             scribble_path=_optional(files.get("scribble")),
             accepted_label_path=_optional(files.get("accepted_label")),
-            validation=self._validation_images(db, project),
+            **self._gate_images(db, project),
             images_seen=_accepted_images(db, project, excluding=image.id),
             steps=int(learning["steps"]),
             settings=dict(learning["online"]),
@@ -161,19 +161,24 @@ class TrainingService:
             replay_root=str(store.replay_dir(project.id)),
         )
 
-    def _validation_images(self, db: Session, project: Project) -> list[ValidationImage]:
-        """The project's held-out images with an accepted label, for the promotion gate."""
+    def _gate_images(self, db: Session, project: Project) -> dict[str, Any]:
+        """``learner.jobs.gate_images`` of the project's accepted images (held out, training)."""
         store = self._datastore
-        return [
-            ValidationImage(name=str(v.id), image_path=str(store.resolve(v.path)),
-                            label_path=str(store.resolve(v.accepted_path)))
-            for v in db.scalars(
-                select(Image).where(
-                    Image.project_id == project.id, Image.is_validation.is_(True),
-                    Image.accepted_path.is_not(None),
-                ).order_by(Image.id)
-            )
-        ]
+
+        def accepted(held_out: bool) -> list[ValidationImage]:
+            return [
+                ValidationImage(name=str(v.id), image_path=str(store.resolve(v.path)),
+                                label_path=str(store.resolve(v.accepted_path)))
+                for v in db.scalars(
+                    select(Image).where(
+                        Image.project_id == project.id, Image.is_validation.is_(held_out),
+                        Image.accepted_path.is_not(None),
+                    ).order_by(Image.id)
+                )
+            ]
+
+        held_out = accepted(True)
+        return gate_images(held_out, [] if held_out else accepted(False))
 
     def submit_consolidation(
         self, project_id: int, created_by: str, after_job: str | None = None
@@ -213,7 +218,7 @@ class TrainingService:
                 str(project.id),
                 f"consolidate-{accepted}-{done + 1}",
                 len(project.labels),
-                validation=self._validation_images(db, project),
+                **self._gate_images(db, project),
                 images_seen=accepted,
                 steps=steps,
                 settings=dict(learning["online"]),

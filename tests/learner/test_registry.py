@@ -230,3 +230,48 @@ def test_gate_without_validation_images_keeps_an_imported_checkpoint(tmp_path):
     assert not decision.promoted and "imported version" in decision.reason
     assert registry.serving_version() == imported.version
     assert registry.record(candidate.version).status == "rejected"
+
+
+def test_gate_on_training_images_rejects_a_collapsed_candidate_and_records_no_validation_dice(tmp_path):
+    """Until a project holds out an image, the server gates on its accepted training images
+    (``in_sample``): the same comparison, so a candidate that lost what the serving version
+    could do is rejected, but the Dice it measures is not a validation Dice."""
+    cases = validation_cases()
+    registry = ModelRegistry(tmp_path)
+    registry.create_initial(tiny_config(2), seed=0)
+    random_model, config, _ = registry.load(0)
+    good = registry.add_candidate(supervised_disc_model(), config, parent=0, source={"kind": "online"})
+    decision = registry.promote_or_reject(good.version, cases, tolerance=0.02, size=SIZE, in_sample=True)
+    assert decision.promoted and decision.in_sample
+    assert "accepted training image(s)" in decision.reason
+
+    collapsed = registry.add_candidate(random_model, config, parent=good.version, source={"kind": "online"})
+    decision = registry.promote_or_reject(collapsed.version, cases, tolerance=0.02, size=SIZE, in_sample=True)
+    assert not decision.promoted and decision.in_sample
+    assert decision.serving_dice > decision.candidate_dice + 0.2
+    assert registry.serving_version() == good.version
+    for version in (good.version, collapsed.version):
+        record = registry.record(version)
+        assert record.validation_dice is None and record.metrics["fit_dice"] is not None, record.metrics
+
+    # Held-out images later: measured afresh, as validation Dice.
+    held_out = registry.add_candidate(supervised_disc_model(), config, parent=good.version, source={"kind": "online"})
+    decision = registry.promote_or_reject(held_out.version, validation_cases((33,)), tolerance=0.02, size=SIZE)
+    assert not decision.in_sample and "training" not in decision.reason
+    assert registry.record(held_out.version).validation_dice is not None
+
+
+def test_gate_on_training_images_keeps_an_imported_checkpoint(tmp_path):
+    """Training images favour the candidate that trained on them, so they never replace the
+    admin's imported checkpoint (only held-out images do)."""
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.create_initial(tiny_config(2), seed=0)
+    model, config, _ = registry.load(0)
+    save_checkpoint(tmp_path / "offline.pt", model, config, {"method": "full"})
+    imported = registry.import_checkpoint(tmp_path / "offline.pt")
+    candidate = registry.add_candidate(supervised_disc_model(), config, parent=imported.version,
+                                       source={"kind": "online"})
+    decision = registry.promote_or_reject(candidate.version, validation_cases(), tolerance=0.0, size=SIZE,
+                                          in_sample=True)
+    assert not decision.promoted and "held-out" in decision.reason and "imported version" in decision.reason
+    assert registry.serving_version() == imported.version

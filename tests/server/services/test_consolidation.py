@@ -63,6 +63,8 @@ def test_accept_is_followed_by_a_consolidation_job_and_version(client, admin_hea
     jobs = wait_until_jobs_finish(client, project["id"], annotator_headers)
     accept_job = next(j for j in jobs if j["id"] == accepted["job_id"])
     assert accept_job["trigger"] == "accept" and accept_job["state"] == "succeeded", jobs
+    # No image held out yet: the gate measured fit on the accepted image (not a validation Dice).
+    assert "1 accepted training image(s), no held-out image yet" in accept_job["message"], accept_job
     consolidations = [j for j in jobs if j["trigger"] == "consolidate"]
     assert len(consolidations) == 1, jobs
     job = consolidations[0]
@@ -83,6 +85,7 @@ def test_accept_is_followed_by_a_consolidation_job_and_version(client, admin_hea
     source = version["details"]["source"]
     assert source["project_id"] == str(project["id"]) and source["image_id"] == ""
     assert version["metrics"]["steps"] == 3  # the project's consolidation_steps
+    assert version["metrics"]["fit_dice"] is not None and "val_dice" not in version["metrics"], version
     # The promotion gate judged it, and the job reports that decision.
     assert version["promoted"] is job["promoted"] is not None
     assert version["details"]["status"] in ("serving", "retired", "rejected")
