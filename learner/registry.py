@@ -518,9 +518,10 @@ class ModelRegistry:
                 promoted = candidate_dice >= best_dice - tolerance
                 relation = ">=" if promoted else "<"
                 which = "serving" if best_version == serving else "best served"
-                images = "accepted training image(s), no held-out image yet" if in_sample else "image(s)"
+                measure, images = (("training Dice", "accepted training image(s), no held-out image yet")
+                                   if in_sample else ("validation Dice", "image(s)"))
                 reason = (
-                    f"validation Dice {candidate_dice:.4f} {relation} {best_dice:.4f} "
+                    f"{measure} {candidate_dice:.4f} {relation} {best_dice:.4f} "
                     f"(version {best_version}, {which}) - tolerance {tolerance:g} on {len(validation_cases)} {images}"
                 )
             with self._locked():

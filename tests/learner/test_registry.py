@@ -243,7 +243,7 @@ def test_gate_on_training_images_rejects_a_collapsed_candidate_and_records_no_va
     good = registry.add_candidate(supervised_disc_model(), config, parent=0, source={"kind": "online"})
     decision = registry.promote_or_reject(good.version, cases, tolerance=0.02, size=SIZE, in_sample=True)
     assert decision.promoted and decision.in_sample
-    assert "accepted training image(s)" in decision.reason
+    assert decision.reason.startswith("training Dice") and "accepted training image(s)" in decision.reason
 
     collapsed = registry.add_candidate(random_model, config, parent=good.version, source={"kind": "online"})
     decision = registry.promote_or_reject(collapsed.version, cases, tolerance=0.02, size=SIZE, in_sample=True)
