@@ -28,7 +28,7 @@ decision's reason says so. Until a project holds out its first image, the server
 its accepted training images instead (``in_sample``): the same comparison, which then
 checks fit to labels the candidate has trained on, not generalisation, yet still stops a
 candidate that lost what the serving version could do (hippocampus cold stream, no held-out
-image in the first four: unchecked promotions fell from holdout Dice 0.24 to 0.03 and from
+image in the first four: unchecked promotions fell from holdout Dice 0.24 to 0.02 and from
 0.67 to 0.49). Over an imported checkpoint neither counts: an offline model the admin chose
 is replaced only by a candidate that matches it on held-out validation images (ACDC warm
 start: the first unchecked online version fell from holdout Dice 0.837 to 0.570, trained
