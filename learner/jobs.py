@@ -51,12 +51,20 @@ class ValidationImage:
     label_path: str
 
 
+#: The most recently accepted training images the gate uses while a project has no held-out
+#: image: with the default ``validation_every`` of 5 that is all of them, and a project that
+#: holds out none does not pay a prediction of every accepted image for every job.
+IN_SAMPLE_GATE_IMAGES = 4
+
+
 def gate_images(held_out: list[ValidationImage], accepted_training: list[ValidationImage]) -> dict:
     """The ``TrainJob`` fields of the promotion gate's images: the held-out ones; until there
-    is one, the accepted training images, marked in-sample (``learner.registry``)."""
+    is one, the last ``IN_SAMPLE_GATE_IMAGES`` of the accepted training images (in acceptance
+    order), marked in-sample (``learner.registry``)."""
     if held_out:
         return {"validation": list(held_out), "validation_in_sample": False}
-    return {"validation": list(accepted_training), "validation_in_sample": bool(accepted_training)}
+    latest = list(accepted_training)[-IN_SAMPLE_GATE_IMAGES:]
+    return {"validation": latest, "validation_in_sample": bool(latest)}
 
 
 @dataclass

@@ -13,9 +13,9 @@ executor's state callback just before the success of the job before it is record
 stopped between the two queues it again when that job runs again at the next start, and none
 is queued for a success that arrives while the server is stopping.
 Its ``learner.jobs.TrainJob`` payload names the round's files, the promotion gate's images
-(the held-out ones; the accepted training images until there is one) and settings; it is stored in the job's row before it goes to the
-executor, so jobs that were queued or running when the server stopped are submitted
-again at the next start. Images held out for validation never train the model.
+(the held-out ones; the latest accepted training images until there is one) and settings;
+it is stored in the job's row before it goes to the executor, so jobs that were queued or
+running when the server stopped are submitted again at the next start. Images held out for validation never train the model.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class TrainingService:
                     select(Image).where(
                         Image.project_id == project.id, Image.is_validation.is_(held_out),
                         Image.accepted_path.is_not(None),
-                    ).order_by(Image.id)
+                    ).order_by(Image.accepted_at, Image.id)
                 )
             ]
 

@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from learner.inference import predict_labels
-from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob, ValidationImage, run_train_job
+from learner.jobs import (
+    CONSOLIDATION_IMAGE_ID,
+    IN_SAMPLE_GATE_IMAGES,
+    TrainJob,
+    ValidationImage,
+    gate_images,
+    run_train_job,
+)
 from learner.metrics import dice_per_class
 from learner.networks import build_network
 from learner.objective import build_objective
@@ -581,3 +588,13 @@ def test_the_servers_defaults_are_the_learners():
     assert defaults.consolidation_jobs == DEFAULT_CONSOLIDATION_JOBS
     assert defaults.replay_capacity == OnlineSettings().replay_capacity
     assert defaults.model_size == OnlineSettings().size
+
+
+def test_gate_images_are_the_held_out_ones_else_the_latest_accepted_training_images():
+    held_out = [ValidationImage("v1", "v1.nii.gz", "v1-label.nii.gz")]
+    training = [ValidationImage(f"t{i}", f"t{i}.nii.gz", f"t{i}-label.nii.gz") for i in range(IN_SAMPLE_GATE_IMAGES + 3)]
+    assert gate_images(held_out, training) == {"validation": held_out, "validation_in_sample": False}
+    fields = gate_images([], training)
+    assert fields["validation_in_sample"] is True
+    assert fields["validation"] == training[-IN_SAMPLE_GATE_IMAGES:]  # the most recently accepted
+    assert gate_images([], []) == {"validation": [], "validation_in_sample": False}
