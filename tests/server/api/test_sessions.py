@@ -197,11 +197,20 @@ def test_training_job_produces_a_new_served_version(client, uploaded_image, anno
     round_2 = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 1),
                           headers=annotator_headers).json()
     assert round_2["model_version"] == session["model_version"] == 0
-    # ... and the next session on the image is predicted with the new version
+    # ... and the next session on the image is predicted with the serving version (1, or the
+    # second round's own version when the gate promoted that one: waited for, so it cannot
+    # change between the look and the reopen)
+    job_2 = client.get(f"{API}/jobs/{round_2['job_id']}", headers=annotator_headers).json()
+    while job_2["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job_2 = client.get(f"{API}/jobs/{round_2['job_id']}", headers=annotator_headers).json()
+    assert job_2["state"] in ("succeeded", "cancelled"), job_2
+    serving = client.get(f"{API}/projects/{uploaded_image['project_id']}/models",
+                         headers=annotator_headers).json()["serving_version"]
+    assert serving in (1, job_2["result_version"]), (serving, job_2)
     assert client.post(f"{API}/sessions/{session['id']}/close", headers=annotator_headers).status_code == 200
     reopened = open_session(client, uploaded_image, annotator_headers).json()
-    # version 1, or version 2 when the second round's own job was promoted before the reopen
-    assert reopened["model_version"] >= 1, reopened
+    assert reopened["model_version"] == serving >= 1, (reopened, serving)
 
 
 @pytest.fixture
