@@ -4,7 +4,7 @@ It drives the real REST API through ``clients.client.ScribbleflowClient`` like a
 tool would: open a session, look at the current segmentation, choose a slice (``choose_slice``:
 the server's suggestion, a random slice, or the oracle's worst slice), draw on it what a person
 would draw to fix it (``corrective_scribble``: a thin stroke along the skeleton of each class's
-largest error, or a click at its centre), submit that as a round (strokes or clicks of voxel
+largest missed and largest wrongly claimed region, or a click at its centre), submit that as a round (strokes or clicks of voxel
 indices (i, j, k), or a scribble labelmap), and stop when the mean foreground Dice reaches a
 target or after a number of rounds; then accept. Arrays are (z, y, x).
 
@@ -159,13 +159,15 @@ def corrective_scribble(
     """uint8 (y, x): what a person draws on this slice to fix ``segmentation_2d``; UNLABELLED
     where nothing is drawn.
 
-    For each class c, the pixels that should be c but are not (c missed, or another class
-    where the truth says c, background included) form its error; its largest connected
-    component, when it has at least ``min_pixels`` pixels, gets a 1-pixel stroke along its
-    skeleton (``mode`` strokes/labelmap; at most ``max_stroke_pixels``, those nearest the
-    true foreground) or one click at its innermost pixel (``clicks``), labelled c. For the
-    background, errors next to the structures (``_background_band``) come first, so that
-    on a slice with no answer yet (``segmentation_2d`` all ``NOTHING``) the background
+    For each class c, two errors (the issue's "missed region → that class; wrong region → its
+    true label"): the pixels that should be c but are not (c missed, or another class where
+    the truth says c, background included), and, for c > 0, the pixels the answer calls c
+    that are something else. The largest connected component of each, when it has at least
+    ``min_pixels`` pixels, gets a 1-pixel stroke along its skeleton (``mode``
+    strokes/labelmap; at most ``max_stroke_pixels``, those nearest the true foreground) or
+    one click at its innermost pixel (``clicks``); every drawn pixel carries its true label.
+    For the background, errors next to the structures (``_background_band``) come first, so
+    that on a slice with no answer yet (``segmentation_2d`` all ``NOTHING``) the background
     stroke circles the structures instead of running through the empty corners. A class
     that is already right gets nothing; with no answer yet, every class gets a stroke.
     """
@@ -177,19 +179,29 @@ def corrective_scribble(
         raise ValueError(f"truth {truth.shape} and segmentation {segmentation.shape} must be one 2D shape")
     out = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
     foreground = (truth > 0) & (truth < num_classes)
+
+    def draw(region: np.ndarray) -> None:
+        # Every drawn pixel takes its true label: a missed region of c is drawn as c, a
+        # region wrongly claimed by c as what it really is.
+        if region.sum() < min_pixels:
+            return
+        if mode == "clicks":
+            where = np.zeros_like(region)
+            where[_innermost_point(region)] = True
+        else:
+            where = _stroke(region, foreground, max_stroke_pixels)
+        out[where] = truth[where]
+
     for cls in range(num_classes):
-        error = (truth == cls) & (segmentation != cls)
-        region = _largest_component(error)
+        missed = (truth == cls) & (segmentation != cls)
+        region = _largest_component(missed)
         if cls == 0 and foreground.any():
-            near = _largest_component(error & _background_band(foreground))
+            near = _largest_component(missed & _background_band(foreground))
             if near.sum() >= min_pixels:
                 region = near
-        if region.sum() < min_pixels:
-            continue
-        if mode == "clicks":
-            out[_innermost_point(region)] = cls
-        else:
-            out[_stroke(region, foreground, max_stroke_pixels)] = cls
+        draw(region)
+        if cls > 0:  # what the background wrongly claims is a missed region of a class above
+            draw(_largest_component((segmentation == cls) & (truth != cls)))
     return out
 
 

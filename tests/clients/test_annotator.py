@@ -50,6 +50,28 @@ def test_the_corrective_scribble_fixes_a_missed_part_and_a_wrong_part():
     assert (fixed != truth).sum() < (segmentation != truth).sum()
 
 
+def test_what_each_class_wrongly_claims_is_drawn_as_its_true_label():
+    # Class 1 and class 2 both spill into the background, and class 2 claims a bit of class 1:
+    # three wrong regions, each a stroke of what the pixels really are (the background twice),
+    # not only the largest of the background's errors.
+    truth = _slice_truth()
+    segmentation = truth.copy()
+    spill_1 = np.zeros_like(truth, dtype=bool)
+    spill_1[2:8, 4:28] = True  # class 1 where the truth is background (the larger spill)
+    spill_2 = np.zeros_like(truth, dtype=bool)
+    spill_2[33:38, 36:50] = True  # class 2 where the truth is background (the smaller)
+    stolen = (truth == 1) & (np.mgrid[:40, :56][1] >= 22)  # class 2 on class 1's right edge
+    segmentation[spill_1] = 1
+    segmentation[spill_2] = 2
+    segmentation[stolen] = 2
+    drawing = corrective_scribble(truth, segmentation, NUM_CLASSES)
+    drawn = drawing != UNLABELLED
+    assert np.all(drawing[drawn] == truth[drawn])  # every drawn pixel carries its true label
+    assert (drawing[spill_1] == 0).any() and (drawing[spill_2] == 0).any()
+    assert (drawing[stolen] == 1).any()
+    assert not (drawing == 2).any()  # class 2 misses nothing
+
+
 def test_nothing_is_drawn_on_a_correct_slice_and_every_structure_on_an_empty_answer():
     truth = _slice_truth()
     assert (corrective_scribble(truth, truth.copy(), NUM_CLASSES) == UNLABELLED).all()
