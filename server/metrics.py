@@ -54,7 +54,10 @@ class Metrics:
         self.jobs = Counter("scribbleflow_jobs", "Training job state changes", ["state"], registry=self.registry)
         self.queue_depth = Gauge("scribbleflow_queue_depth", "Training jobs waiting", registry=self.registry)
         self.job_seconds = Histogram(
-            "scribbleflow_job_seconds", "Training job run time, start to end, by final state", ["state"],
+            # By trigger too: a 200-step accept job, a superseded round job and a consolidation
+            # job differ by minutes, and annotation-to-model time is the accept jobs' alone.
+            "scribbleflow_job_seconds", "Training job run time, start to end, by final state and trigger",
+            ["state", "trigger"],
             registry=self.registry, buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600),
         )
         self.project_info = Gauge("scribbleflow_project_info", "1 per project; its name", ["project", "name"],

@@ -299,10 +299,12 @@ class TrainingService:
                 self._consolidate_after(status.job_id)
             except Exception:  # the accept job's own result must be recorded whatever happens here
                 log.exception("no consolidation job could be queued after job %s", status.job_id)
-        if self._record(status.job_id, changes) and status.state.finished:
+        trigger = self._record(status.job_id, changes)
+        if trigger is not None and status.state.finished:
             self._metrics.jobs.labels(state=state).inc()
             if status.started_at and status.finished_at:
-                self._metrics.job_seconds.labels(state=state).observe(status.finished_at - status.started_at)
+                self._metrics.job_seconds.labels(state=state, trigger=trigger).observe(
+                    status.finished_at - status.started_at)
         self._metrics.queue_depth.set(self.queue_depth())
 
     def _consolidate_after(self, executor_id: str) -> None:
@@ -317,15 +319,17 @@ class TrainingService:
             project_id, created_by = row.project_id, row.created_by
         self.submit_consolidation(project_id, created_by, after_job=executor_id)
 
-    def _record(self, executor_id: str, changes: dict[str, Any]) -> bool:
+    def _record(self, executor_id: str, changes: dict[str, Any]) -> str | None:
+        """Apply ``changes`` to the job's row; its trigger, or None when there is no such row."""
         with self._session_factory() as db:
             row = db.scalar(select(TrainingJob).where(TrainingJob.executor_id == executor_id))
             if row is None:
-                return False
+                return None
             for key, value in changes.items():
                 setattr(row, key, value)
+            trigger = row.trigger
             db.commit()
-            return True
+            return trigger
 
 
 def _consolidations_since_accept(db: Session, project: Project) -> int:
