@@ -58,12 +58,14 @@ def stand_in_model(kind: str, truth: np.ndarray, num_classes: int, rng: np.rando
 def simulate_volume(
     image: np.ndarray, truth: np.ndarray, num_classes: int, model: np.ndarray, rounds: int, policy: str,
     rng: np.random.Generator, validation_dice: float | None = None,
+    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> list[dict]:
-    """Rows per round: slice, Dice of fused and proxy, model weight, suggestion hit numbers."""
+    """Rows per round: slice, Dice of fused and proxy, model weight, suggestion hit numbers.
+    ``spacing_zyx``: the image's voxel spacing (mm), as the server passes it."""
     seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
     planes: set[tuple[int, int]] = set()
     answer = answer_before_first_round(model.argmax(axis=0))
-    suggestion = opening_suggestion(model, reliability=0.0)
+    suggestion = opening_suggestion(model, reliability=0.0, spacing_zyx=spacing_zyx)
     rows = []
     for number in range(rounds):
         axis, index = choose_slice(policy, truth, answer, suggestion, planes, rng)
@@ -72,7 +74,7 @@ def simulate_volume(
         np.moveaxis(seeds, axis, 0)[index][drawing != UNLABELLED] = drawing[drawing != UNLABELLED]
         started = time.perf_counter()
         result = compute_round(
-            image, (1.0, 1.0, 1.0), seeds, planes, model, num_classes,
+            image, spacing_zyx, seeds, planes, model, num_classes,
             previous_segmentation=answer.astype(np.uint8) if (answer != NOTHING).all() else None,
             validation_dice=validation_dice,
         )
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             model = stand_in_model(options.model, truth, num_classes, rng)
         for row in simulate_volume(case.image.array, truth, num_classes, model, options.rounds, options.policy, rng,
-                                   validation_dice):
+                                   validation_dice, case.image.spacing_zyx):
             rows.append({"case": case.name, **row})
             print(json.dumps(rows[-1]), flush=True)
     summary = {"model": options.checkpoint or options.model, "validation_dice": validation_dice, "policy": options.policy, "rounds": options.rounds, **summarize(rows)}
