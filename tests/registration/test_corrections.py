@@ -38,6 +38,23 @@ def test_a_stroke_in_a_missed_band_releases_the_band_and_keeps_the_thin_structur
     np.testing.assert_array_equal(out[drawn], seeds[drawn])
 
 
+def test_a_stroke_along_a_thin_missed_edge_keeps_the_right_pixels_beyond_it():
+    """The answer's disc (1) is 2 pixels too small all round; the user draws 1 in the missed
+    band, right next to the answer's edge. Only the band gives way: the background a few
+    pixels outside it, which the answer had right, stays seeded (the flood from the stroke
+    would otherwise take some of it)."""
+    radius = _radius()
+    previous = np.zeros(SHAPE, dtype=np.uint8)
+    previous[radius <= 10] = 1
+    seeds = np.full(SHAPE, UNLABELLED, dtype=np.uint8)
+    seeds[np.abs(radius - 11) < 0.5] = 1
+    out = seeds_with_previous_answer(seeds, previous)
+    released = out == UNLABELLED
+    assert released[np.abs(radius - 12) < 0.3].any()  # next to the stroke, outwards
+    assert not released[radius >= 11.5 + 2.5].any()
+    assert (out[radius >= 14] == 0).all()
+
+
 def test_a_stroke_on_a_missed_structure_releases_about_half_its_extent():
     previous = np.zeros(SHAPE, dtype=np.uint8)  # the answer has no class 3 at all
     seeds = np.full(SHAPE, UNLABELLED, dtype=np.uint8)
