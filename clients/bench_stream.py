@@ -45,7 +45,7 @@ from tqdm import tqdm
 from clients import stream_metrics as sm
 from clients.annotator import SimulatedAnnotator
 from clients.client import ApiError, ScribbleflowClient
-from clients.server_process import ServerProcess
+from clients.server_process import ServerProcess, stop_children_on_sigterm
 from learner.bench.offline import write_report_json
 from learner.checkpoints import load_checkpoint
 from learner.data import Case, case_paths, load_case
@@ -556,26 +556,27 @@ def run_stream_benchmark(options: StreamOptions) -> dict:
     num_classes = max(int(max(s.truth.max() for s in stream + holdout)) + 1, 2)
     work_dir = Path(tempfile.mkdtemp(prefix="scribbleflow-bench-stream-"))
     server = None
-    try:
-        if options.url:
-            url, token = options.url.rstrip("/"), options.token or os.environ.get("SCRIBBLEFLOW_TOKEN")
-            if not token:
-                raise ValueError("--url needs an admin token (--token or SCRIBBLEFLOW_TOKEN)")
-        else:
-            server = EmbeddedServer(work_dir / "server-data", work_dir / "server.log")
-            token = server.admin_token()
-            server.start()
-            url = server.url
-        startup_seconds = time.perf_counter() - wall_started
-        report = _run(url, token, stream, holdout, num_classes, options, work_dir)
-        report["summary"]["phase_seconds"]["load_and_start"] = startup_seconds
-    finally:
-        if server is not None:
-            server.stop()
-        if options.keep_server_dir:
-            print(f"bench stream: server data kept in {work_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
+    with stop_children_on_sigterm():
+        try:
+            if options.url:
+                url, token = options.url.rstrip("/"), options.token or os.environ.get("SCRIBBLEFLOW_TOKEN")
+                if not token:
+                    raise ValueError("--url needs an admin token (--token or SCRIBBLEFLOW_TOKEN)")
+            else:
+                server = EmbeddedServer(work_dir / "server-data", work_dir / "server.log")
+                token = server.admin_token()
+                server.start()
+                url = server.url
+            startup_seconds = time.perf_counter() - wall_started
+            report = _run(url, token, stream, holdout, num_classes, options, work_dir)
+            report["summary"]["phase_seconds"]["load_and_start"] = startup_seconds
+        finally:
+            if server is not None:
+                server.stop()
+            if options.keep_server_dir:
+                print(f"bench stream: server data kept in {work_dir}", file=sys.stderr)
+            else:
+                shutil.rmtree(work_dir, ignore_errors=True)
     report["wall_seconds"] = time.perf_counter() - wall_started
     write_report_json(report, options.out)
     if options.plots:

@@ -8,7 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,6 +23,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def stop_children_on_sigterm() -> Iterator[None]:
+    """Inside, SIGTERM raises SystemExit(143) in the main thread, so that the ``finally``
+    blocks run and stop the child processes started there. The children run in sessions of
+    their own (``start_new_session``), so a SIGTERM to this process alone, with Python's
+    default handling (die at once), would leave e.g. a benchmark's server running and
+    training. Outside the main thread (no signal handlers there) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ChildProcess:
