@@ -4,9 +4,10 @@ It drives the real REST API through ``clients.client.ScribbleflowClient`` like a
 tool would: open a session, look at the current segmentation, choose a slice (``choose_slice``:
 the server's suggestion, a random slice, or the oracle's worst slice), draw on it what a person
 would draw to fix it (``corrective_scribble``: a thin stroke along the skeleton of each class's
-largest missed and largest wrongly claimed region, or a click at its centre), submit that as a round (strokes or clicks of voxel
-indices (i, j, k), or a scribble labelmap), and stop when the mean foreground Dice reaches a
-target or after a number of rounds; then accept. Arrays are (z, y, x).
+largest missed and largest wrongly claimed region, or a click at its centre), submit that as
+a round (strokes or clicks of voxel indices (i, j, k), or a scribble labelmap), and stop when
+the mean foreground Dice reaches a target or after a number of rounds; then accept. Arrays
+are (z, y, x).
 
 The pure helpers (``choose_slice``, ``corrective_scribble``, ``strokes_from_scribble``,
 ``clicks_from_scribble``) take arrays and return arrays; only ``SimulatedAnnotator`` talks HTTP.
