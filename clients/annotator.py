@@ -184,7 +184,7 @@ def corrective_scribble(
     def draw(region: np.ndarray) -> None:
         # Every drawn pixel takes its true label: a missed region of c is drawn as c, a
         # region wrongly claimed by c as what it really is.
-        if region.sum() < min_pixels:
+        if not region.any() or region.sum() < min_pixels:
             return
         if mode == "clicks":
             where = np.zeros_like(region)
@@ -202,7 +202,8 @@ def corrective_scribble(
                 region = near
         draw(region)
         if cls > 0:  # what the background wrongly claims is a missed region of a class above
-            draw(_largest_component((segmentation == cls) & (truth != cls)))
+            claimed = (segmentation == cls) & (truth != cls) & (truth >= 0) & (truth < num_classes)
+            draw(_largest_component(claimed))
     return out
 
 

@@ -368,10 +368,11 @@ def run_annotators(
         pending.put(item)
     deadline = time.monotonic() + options.time_limit_minutes * 60.0
     bar = tqdm(total=len(stream), desc="stream", unit="image", disable=not options.progress)
+    stopping = threading.Event()  # the main thread is leaving (SIGTERM, Ctrl-C): no new image
 
     def work(index: int, token: str) -> None:
         with TimedClient(url, token, timeout=900.0) as client:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not stopping.is_set():
                 try:
                     item = pending.get_nowait()
                 except queue.Empty:
@@ -399,10 +400,13 @@ def run_annotators(
     for index in range(len(tokens)):
         (folder / f"a{index}").mkdir(parents=True, exist_ok=True)
     threads = [threading.Thread(target=work, args=(i, t), name=f"annotator-{i}") for i, t in enumerate(tokens)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        stopping.set()
     bar.close()
     skipped = pending.qsize()
     if skipped:

@@ -37,13 +37,16 @@ def stop_children_on_sigterm() -> Iterator[None]:
         return
 
     def leave(signum: int, frame: object) -> None:
+        # A second SIGTERM (``kill`` twice) must not cut the clean-up short in turn.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, leave)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:  # None: a handler installed from C, which Python cannot put back
+            signal.signal(signal.SIGTERM, previous)
 
 
 class ChildProcess:

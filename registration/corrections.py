@@ -10,7 +10,8 @@ How far around: a stroke is drawn through the middle of a region that should be 
 c, so the region reaches from each stroke pixel about as far as the nearest pixel the
 previous answer already gives c (the other side of a missed band), and a whole structure
 the answer missed (no c pixel on the plane) about a third of the stroke's extent. Each stroke
-pixel releases a disc of that radius (at least ``MIN_REACH_PIXELS``). A fixed radius
+pixel releases a disc of that radius (at least ``MIN_REACH_PIXELS`` next to its class,
+``MIN_RELEASE_PIXELS`` for a class the plane does not show). A fixed radius
 would either leave part of a missed region seeded with the wrong class or, around a ring
 drawn inside a thin band, release and lose the thin structure next to it (measured on ACDC:
 half the stroke's extent everywhere erased the myocardium around a corrected blood pool).

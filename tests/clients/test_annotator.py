@@ -51,25 +51,41 @@ def test_the_corrective_scribble_fixes_a_missed_part_and_a_wrong_part():
 
 
 def test_what_each_class_wrongly_claims_is_drawn_as_its_true_label():
-    # Class 1 and class 2 both spill into the background, and class 2 claims a bit of class 1:
-    # three wrong regions, each a stroke of what the pixels really are (the background twice),
-    # not only the largest of the background's errors.
+    # Class 1 and class 2 both spill into the background: two wrong regions of the background,
+    # each a stroke of background (before, only the larger of the background's errors was drawn).
     truth = _slice_truth()
     segmentation = truth.copy()
     spill_1 = np.zeros_like(truth, dtype=bool)
     spill_1[2:8, 4:28] = True  # class 1 where the truth is background (the larger spill)
     spill_2 = np.zeros_like(truth, dtype=bool)
     spill_2[33:38, 36:50] = True  # class 2 where the truth is background (the smaller)
-    stolen = (truth == 1) & (np.mgrid[:40, :56][1] >= 22)  # class 2 on class 1's right edge
     segmentation[spill_1] = 1
     segmentation[spill_2] = 2
-    segmentation[stolen] = 2
     drawing = corrective_scribble(truth, segmentation, NUM_CLASSES)
     drawn = drawing != UNLABELLED
-    assert np.all(drawing[drawn] == truth[drawn])  # every drawn pixel carries its true label
+    assert np.all(drawing[drawn] == 0)  # nothing was missed: only "this is background" strokes
     assert (drawing[spill_1] == 0).any() and (drawing[spill_2] == 0).any()
-    assert (drawing[stolen] == 1).any()
-    assert not (drawing == 2).any()  # class 2 misses nothing
+
+
+def test_a_claimed_region_over_two_true_labels_is_drawn_with_each_pixels_own_label():
+    # Class 2 claims a band across class 1's right half and the background beside it: one
+    # wrongly claimed region, larger than any missed region, whose stroke carries 1 inside
+    # class 1 and 0 outside; a truth label the project does not have (7, a class outside
+    # 0..C-1) is never drawn. In clicks mode the click carries the label under it.
+    truth = _slice_truth()
+    truth[36:40, :] = 7
+    segmentation = truth.copy()
+    band = np.zeros_like(truth, dtype=bool)
+    band[16:25, 20:36] = True  # class 1 from x = 20 to 26, background from 27 to 35
+    band[36:40, 0:56] = True  # and all of the ignored strip
+    segmentation[band] = 2
+    drawing = corrective_scribble(truth, segmentation, NUM_CLASSES)
+    drawn = drawing != UNLABELLED
+    assert np.all(drawing[drawn] == truth[drawn]) and not (drawing == 7).any()
+    assert (drawing[band & (truth == 1)] == 1).any() and (drawing[band & (truth == 0)] == 0).any()
+    clicks = corrective_scribble(truth, segmentation, NUM_CLASSES, mode="clicks")
+    clicked = clicks != UNLABELLED
+    assert clicked.any() and np.all(clicks[clicked] == truth[clicked])
 
 
 def test_nothing_is_drawn_on_a_correct_slice_and_every_structure_on_an_empty_answer():

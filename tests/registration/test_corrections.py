@@ -70,7 +70,7 @@ def test_without_seeds_or_with_agreeing_seeds_nothing_is_released():
     empty = np.full(previous.shape, UNLABELLED, dtype=np.uint8)
     np.testing.assert_array_equal(seeds_with_previous_answer(empty, previous), empty)
     agreeing = empty.copy()
-    agreeing[6, 8] = 1  # farther than MIN_RELEASE_PIXELS from any other class
+    agreeing[6, 8] = 1  # of the class the answer already gives it: nothing to release
     np.testing.assert_array_equal(seeds_with_previous_answer(agreeing, previous), previous)
     click = empty.copy()
     click[0, 0] = 1
