@@ -15,7 +15,8 @@ is queued for a success that arrives while the server is stopping.
 Its ``learner.jobs.TrainJob`` payload names the round's files, the promotion gate's images
 (the held-out ones; the latest accepted training images until there is one) and settings;
 it is stored in the job's row before it goes to the executor, so jobs that were queued or
-running when the server stopped are submitted again at the next start. Images held out for validation never train the model.
+running when the server stopped are submitted again at the next start. Images held out for
+validation never train the model.
 """
 
 from __future__ import annotations

@@ -179,16 +179,22 @@ def test_rounds_undo_accept_keep_every_version(
     assert [j["trigger"] for j in jobs] == ["round", "round", "accept"]
 
 
+def _finished_job(client, job_id: int, headers: dict, deadline: float) -> dict:
+    """The job, polled until it is no longer queued or running (or ``deadline`` passes)."""
+    job = client.get(f"{API}/jobs/{job_id}", headers=headers).json()
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = client.get(f"{API}/jobs/{job_id}", headers=headers).json()
+    return job
+
+
 def test_training_job_produces_a_new_served_version(client, uploaded_image, annotator_headers, volume_and_label):
     _, label = volume_and_label
     session = open_session(client, uploaded_image, annotator_headers).json()
     round_ = client.post(f"{API}/sessions/{session['id']}/rounds", json=stroke_round(label, 3),
                          headers=annotator_headers).json()
     deadline = time.monotonic() + 120
-    job = client.get(f"{API}/jobs/{round_['job_id']}", headers=annotator_headers).json()
-    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(0.2)
-        job = client.get(f"{API}/jobs/{round_['job_id']}", headers=annotator_headers).json()
+    job = _finished_job(client, round_["job_id"], annotator_headers, deadline)
     assert job["state"] == "succeeded", job
     assert job["result_version"] == 1 and job["promoted"] is True and job["progress"] == 1.0
     models = client.get(f"{API}/projects/{uploaded_image['project_id']}/models", headers=annotator_headers).json()
@@ -200,10 +206,7 @@ def test_training_job_produces_a_new_served_version(client, uploaded_image, anno
     # ... and the next session on the image is predicted with the serving version (1, or the
     # second round's own version when the gate promoted that one: waited for, so it cannot
     # change between the look and the reopen)
-    job_2 = client.get(f"{API}/jobs/{round_2['job_id']}", headers=annotator_headers).json()
-    while job_2["state"] in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(0.2)
-        job_2 = client.get(f"{API}/jobs/{round_2['job_id']}", headers=annotator_headers).json()
+    job_2 = _finished_job(client, round_2["job_id"], annotator_headers, deadline)
     assert job_2["state"] in ("succeeded", "cancelled"), job_2
     serving = client.get(f"{API}/projects/{uploaded_image['project_id']}/models",
                          headers=annotator_headers).json()["serving_version"]
