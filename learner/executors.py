@@ -43,6 +43,7 @@ from typing import Protocol
 
 from learner.jobs import TrainJob, TrainResult, run_train_job_at_paths
 from learner.online import ProgressCallback, StopCheck, UpdateCancelled
+from learner.yielding import yielding_to
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,8 @@ class EmbeddedExecutor(JobBook):
     keep_finished: finished jobs whose status stays queryable (oldest forgotten first).
     before_step: called in the worker thread before every optimiser step of a job (e.g. the
         server's thread policy setting the step's torch threads).
+    give_way: called in the worker thread between the layers of every forward and backward
+        pass of a job (``learner.yielding``), e.g. to wait while a round computes.
     """
 
     def __init__(
@@ -210,6 +213,7 @@ class EmbeddedExecutor(JobBook):
         progress_interval: float = 1.0,
         keep_finished: int = 1000,
         before_step: Callable[[], None] | None = None,
+        give_way: Callable[[], None] | None = None,
     ):
         if max_queued < 1:
             raise ValueError(f"max_queued must be at least 1, got {max_queued}")
@@ -219,6 +223,7 @@ class EmbeddedExecutor(JobBook):
         self._progress_interval = float(progress_interval)
         self._keep_finished = max(1, int(keep_finished))
         self._before_step = before_step
+        self._give_way = give_way
         self._lock = threading.Condition(threading.RLock())
         self._queue: deque[TrainJob] = deque()
         self._jobs: OrderedDict[str, JobStatus] = OrderedDict()
@@ -361,7 +366,8 @@ class EmbeddedExecutor(JobBook):
                 return job.job_id in self._stop_requested
 
         try:
-            outcome = self._runner(job, progress, should_stop)
+            with yielding_to(self._give_way):
+                outcome = self._runner(job, progress, should_stop)
             result = outcome.to_dict() if isinstance(outcome, TrainResult) else dict(outcome)
             final = {"state": JobState.SUCCEEDED, "result": result}
         except UpdateCancelled as stopped:

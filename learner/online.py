@@ -55,6 +55,7 @@ from learner.data import augment_batch
 from learner.device import PRECISIONS, resolve_precision
 from learner.preprocess import normalize_intensity, resize_images, resize_labels
 from learner.replay import REPLAY_POLICIES, ReplayBuffer, SoftSlices
+from learner.yielding import pause_in_backward
 from registration.fusion import model_reliability
 from registration.io.volume import UNLABELLED
 from registration.labels import one_hot
@@ -591,33 +592,34 @@ def train_online(
     replay_used = 0
     started = time.perf_counter()
     try:
-        for step in range(steps):
-            if should_stop is not None and should_stop():
-                raise UpdateCancelled(f"stopped after {step} of {steps} steps")
-            replayed = None
-            if prepared is None:
-                slots = settings.batch_size
-            elif balanced_share:
-                slots = max(replay_slots, int(rng.binomial(settings.batch_size - 1, balanced_share)))
-            else:
-                slots = replay_slots
-            if replay is not None and slots > 0:
-                replayed = replay.sample(slots, rng, exclude=exclude)
-                if replayed is not None and replayed.images.shape[1:] != size_hw:
-                    from learner.replay import resize_soft_slices
+        with pause_in_backward(model.parameters()):
+            for step in range(steps):
+                if should_stop is not None and should_stop():
+                    raise UpdateCancelled(f"stopped after {step} of {steps} steps")
+                replayed = None
+                if prepared is None:
+                    slots = settings.batch_size
+                elif balanced_share:
+                    slots = max(replay_slots, int(rng.binomial(settings.batch_size - 1, balanced_share)))
+                else:
+                    slots = replay_slots
+                if replay is not None and slots > 0:
+                    replayed = replay.sample(slots, rng, exclude=exclude)
+                    if replayed is not None and replayed.images.shape[1:] != size_hw:
+                        from learner.replay import resize_soft_slices
 
-                    replayed = resize_soft_slices(replayed, size_hw)
-            n_current = settings.batch_size - (len(replayed) if replayed is not None else 0)
-            current = (rng.choice(z, size=n_current, replace=True, p=prepared.slice_probabilities)
-                       if prepared is not None else np.zeros(0, np.int64))
-            batch = _make_batch(prepared, replayed, current, rng, settings, device)
-            objective.progress = step / steps
-            for group in optimizer.param_groups:
-                group["lr"] = job_learning_rate(settings, step, steps, consolidation=prepared is None)
-            losses.append(training_step(model, objective, batch, optimizer, precision)["total"])
-            replay_used += len(replayed) if replayed is not None else 0
-            if progress is not None:
-                progress(step + 1, steps)
+                        replayed = resize_soft_slices(replayed, size_hw)
+                n_current = settings.batch_size - (len(replayed) if replayed is not None else 0)
+                current = (rng.choice(z, size=n_current, replace=True, p=prepared.slice_probabilities)
+                           if prepared is not None else np.zeros(0, np.int64))
+                batch = _make_batch(prepared, replayed, current, rng, settings, device)
+                objective.progress = step / steps
+                for group in optimizer.param_groups:
+                    group["lr"] = job_learning_rate(settings, step, steps, consolidation=prepared is None)
+                losses.append(training_step(model, objective, batch, optimizer, precision)["total"])
+                replay_used += len(replayed) if replayed is not None else 0
+                if progress is not None:
+                    progress(step + 1, steps)
         if start_state is not None:
             model.load_state_dict({
                 name: start_state[name] + keep * (value - start_state[name]) if value.is_floating_point() else value

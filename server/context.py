@@ -36,6 +36,11 @@ class ComputeSlots:
             yield
 
 
+#: Seconds of pause budget a training thread regains per second it is not paused (see
+#: ``ThreadPolicy``): with requests that never stop, training runs about half of the time.
+PAUSE_REFILL_RATE = 1.0
+
+
 class ThreadPolicy:
     """How the server splits the CPU between interactive requests and background training.
 
@@ -51,8 +56,11 @@ class ThreadPolicy:
     Fewer threads are not enough on their own: the training thread and the round share
     the GIL, and a round's many short NumPy calls wait for the training loop at every
     switch (ACDC, 2 cores: rounds 3-5x slower while a job ran). So a step that is about to
-    start while a request is in flight waits for it to end, at most ``max_pause_seconds``
-    per step so that training always moves on.
+    start while a request is in flight waits for it to end, and so does a step, a prediction
+    or a gate already under way, between two layers (``give_way``, called through
+    ``learner.yielding``). The waits draw on a budget of ``max_pause_seconds`` that refills at
+    ``PAUSE_REFILL_RATE`` seconds per second of training, so that training always moves on,
+    at worst at a fraction of its speed, when requests never stop.
     """
 
     def __init__(self, training_threads: int | None = None, training_threads_during_rounds: int = 1,
@@ -68,6 +76,8 @@ class ThreadPolicy:
         self._lock = threading.Condition()
         self._in_flight = 0
         self._last_step = -float("inf")
+        self._pause_budget = self.max_pause_seconds
+        self._budget_at = time.monotonic()
 
     @property
     def in_flight(self) -> int:
@@ -92,12 +102,29 @@ class ThreadPolicy:
                 if not self._in_flight:
                     self._lock.notify_all()
 
+    def _wait_for_requests(self) -> None:
+        """(Lock held.) Wait while a request is in flight, as long as the pause budget lasts."""
+        now = time.monotonic()
+        self._pause_budget = min(self.max_pause_seconds,
+                                 self._pause_budget + (now - self._budget_at) * PAUSE_REFILL_RATE)
+        self._budget_at = now
+        while self._in_flight and self._pause_budget > 0:
+            self._lock.wait(self._pause_budget)
+            waited_until = time.monotonic()
+            self._pause_budget -= waited_until - self._budget_at
+            self._budget_at = waited_until
+
+    def give_way(self) -> None:
+        """Called by the training thread between layers: wait while a request is in flight."""
+        if not self._in_flight:  # the common case, without the lock (a stale read costs one layer)
+            return
+        with self._lock:
+            self._wait_for_requests()
+
     def training_threads_now(self) -> int:
         """The threads of the step about to start, after waiting (bounded) for requests in flight."""
-        deadline = time.monotonic() + self.max_pause_seconds
         with self._lock:
-            while self._in_flight and (remaining := deadline - time.monotonic()) > 0:
-                self._lock.wait(remaining)
+            self._wait_for_requests()
             self._last_step = time.monotonic()
             busy = self._in_flight > 0
         return self.training_threads_during_rounds if busy else self.training_threads
@@ -146,7 +173,8 @@ def executor_factory(settings: Settings, threads: ThreadPolicy) -> ExecutorFacto
 
         worker_settings = WorkerSettings(broker_url=settings.broker_url, queue_prefix=settings.queue_prefix)
         return partial(CeleryExecutor, worker_settings, progress_interval=1.0)
-    return partial(EmbeddedExecutor, progress_interval=1.0, before_step=threads.before_training_step)
+    return partial(EmbeddedExecutor, progress_interval=1.0, before_step=threads.before_training_step,
+                   give_way=threads.give_way)
 
 
 def build_context(settings: Settings) -> AppContext:

@@ -115,12 +115,14 @@ def test_a_failing_job_is_captured_and_the_worker_carries_on(tmp_path):
         executor.shutdown(timeout=WAIT)
 
 
-def test_progress_of_a_real_job_is_reported_step_by_step(tmp_path):
+def test_progress_of_a_real_job_is_reported_step_by_step_and_its_layers_give_way(tmp_path):
     registry_root = tmp_path / "registry"
     new_registry(registry_root)
     files = write_project_files(tmp_path / "files", 2, "a")
     progress = []
-    executor = EmbeddedExecutor(on_change=lambda s: progress.append((str(s.state), s.step)), progress_interval=0.0)
+    gave_way = []  # the threads that the job's layers gave way from (learner.yielding)
+    executor = EmbeddedExecutor(on_change=lambda s: progress.append((str(s.state), s.step)), progress_interval=0.0,
+                                give_way=lambda: gave_way.append(threading.current_thread().name))
     try:
         job_id = executor.submit(job(
             "a", steps=6, image_path=files["image_path"], proxy_labels_path=files["label_path"],
@@ -129,6 +131,8 @@ def test_progress_of_a_real_job_is_reported_step_by_step(tmp_path):
         assert executor.wait(job_id, WAIT).state == JobState.SUCCEEDED
     finally:
         executor.shutdown(timeout=WAIT)
+    # Every step's forward and backward passes, the image's prediction and the gate's: far more than one per step.
+    assert len(gave_way) > 6 * 10 and set(gave_way) == {"scribbleflow-train"}
     running_steps = [step for state, step in progress if state == "running"]
     assert running_steps == [0, 1, 2, 3, 4, 5, 6]
     assert progress[0] == ("queued", 0) and progress[-1] == ("succeeded", 6)

@@ -76,3 +76,44 @@ def test_requests_use_every_cpu_when_no_training_runs():
         assert idle.interactive_threads() == 2  # the last step is older than the idle time
     finally:
         torch.set_num_threads(previous)
+
+
+def test_training_gives_way_between_layers_while_a_request_is_in_flight():
+    from learner.yielding import yielding_to
+
+    policy = ThreadPolicy(training_threads=1, cpus=2, max_pause_seconds=30)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    finished = {}
+
+    def forward() -> None:
+        with yielding_to(policy.give_way):
+            model(torch.ones(1, 4))
+        finished["at"] = time.monotonic()
+
+    with policy.interactive():
+        thread = threading.Thread(target=forward)
+        thread.start()
+        time.sleep(0.3)
+        assert "at" not in finished  # held between layers, not only between steps
+        round_ended = time.monotonic()
+    thread.join(timeout=30)
+    assert finished["at"] >= round_ended
+
+
+def test_the_pause_budget_runs_out_and_refills():
+    policy = ThreadPolicy(training_threads=1, cpus=2, max_pause_seconds=0.3)
+    with policy.interactive():
+        started = time.monotonic()
+        in_thread(policy.give_way)  # waits out the whole budget
+        first = time.monotonic() - started
+        started = time.monotonic()
+        in_thread(policy.give_way)  # the budget is spent: no wait
+        second = time.monotonic() - started
+        time.sleep(0.2)  # refills at one second per second
+        started = time.monotonic()
+        in_thread(policy.give_way)
+        third = time.monotonic() - started
+    assert first >= 0.3 and second < 0.1 and 0.1 <= third < 0.3
+    started = time.monotonic()
+    in_thread(policy.give_way)  # nothing in flight: no wait
+    assert time.monotonic() - started < 0.1
