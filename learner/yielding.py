@@ -4,14 +4,20 @@ A server that trains in a thread of its own process (``learner.executors.Embedde
 shares the CPU and the GIL with its interactive requests. Pausing only between optimiser
 steps leaves a request that arrives mid-step competing with the rest of that step, and with
 the parts of a job that are no steps at all (the reference model's prediction of the image,
-the promotion gate's prediction of the validation images): on a 2-core machine this is what
-made a round ~1.7x slower while a job ran.
+the promotion gate's prediction of the validation images): on a 2-core machine rounds took
+1.2x (p50) to 1.4x (p95) as long while a job ran (``docs/benchmarks.md``, "Training that
+gives way between layers").
 
 Inside ``yielding_to(pause)`` the current thread calls ``pause()`` before every
 ``torch.nn.Module`` forward (a process-wide forward pre-hook that does nothing in any other
 thread) and, for the parameters passed to ``pause_in_backward``, whenever their gradient is
-computed. ``pause`` decides whether to wait (e.g. while a round is in flight) and for how
-long; it must return, never raise, for the job to go on.
+computed in that thread. ``pause`` decides whether to wait (e.g. while a round is in flight)
+and for how long; it must return, never raise, for the job to go on.
+
+The rule that keeps this free of deadlocks: the job thread holds no lock that a request may
+wait for while it runs a forward or a backward pass (the registry's and the replay buffer's
+locks are taken around file reads and writes only, never around a prediction), since a
+paused job would hold it until its pause budget runs out.
 """
 
 from __future__ import annotations
@@ -48,11 +54,10 @@ def _install_forward_hook() -> None:
 
 @contextmanager
 def yielding_to(pause: Callable[[], None] | None) -> Iterator[None]:
-    """Run the block with ``pause`` called at every module forward of this thread (None: no pauses)."""
-    if pause is None:
-        yield
-        return
-    _install_forward_hook()
+    """Run the block with ``pause`` called at every module forward of this thread (None: no
+    pauses in the block, even inside an outer ``yielding_to``)."""
+    if pause is not None:
+        _install_forward_hook()
     outer = getattr(_local, "pause", None)
     _local.pause = pause
     try:
@@ -63,16 +68,19 @@ def yielding_to(pause: Callable[[], None] | None) -> Iterator[None]:
 
 @contextmanager
 def pause_in_backward(parameters: Iterable[torch.nn.Parameter]) -> Iterator[None]:
-    """Within the block, ``yield_point`` runs as each parameter's gradient is computed, so a
-    backward pass gives way layer by layer too (on CPU the backward runs in the calling thread;
-    elsewhere the hook finds no pause and does nothing)."""
+    """Within the block, the thread's pause runs as each parameter's gradient is computed, so
+    a backward pass gives way layer by layer too. Only in the calling thread: on CPU the
+    backward runs there; on a GPU autograd computes in a device thread of its own, which
+    must never wait."""
     pause = getattr(_local, "pause", None)
     if pause is None:
         yield
         return
+    caller = threading.get_ident()
 
     def on_gradient(gradient: torch.Tensor) -> None:
-        pause()
+        if threading.get_ident() == caller:
+            pause()
 
     handles = [p.register_hook(on_gradient) for p in parameters if p.requires_grad]
     try:

@@ -40,8 +40,8 @@ class Settings(BaseSettings):
         1, ge=1, description="Torch threads of a training job while a round, an opening or an accept computes."
     )
     training_pause_seconds: float = Field(
-        10.0, ge=0, description="Budget of the waits of a training job for the requests in flight (seconds; it refills "
-                    "at one second per second; 0: no waits)."
+        10.0, ge=0, description="Budget of the waits of embedded training for the requests in flight, shared by all "
+                    "jobs of the process (seconds; refills at one second per second; 0: no waits)."
     )
     prediction_cache_mb: float = Field(
         512.0, gt=0, description="Memory for cached model predictions (the rounds of an image reuse them)."

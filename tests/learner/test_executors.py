@@ -131,7 +131,7 @@ def test_progress_of_a_real_job_is_reported_step_by_step_and_its_layers_give_way
         assert executor.wait(job_id, WAIT).state == JobState.SUCCEEDED
     finally:
         executor.shutdown(timeout=WAIT)
-    # Every step's forward and backward passes, the image's prediction and the gate's: far more than one per step.
+    # Every module forward and every gradient of each step (learner.yielding): far more than one per step.
     assert len(gave_way) > 6 * 10 and set(gave_way) == {"scribbleflow-train"}
     running_steps = [step for state, step in progress if state == "running"]
     assert running_steps == [0, 1, 2, 3, 4, 5, 6]

@@ -90,30 +90,48 @@ def test_training_gives_way_between_layers_while_a_request_is_in_flight():
             model(torch.ones(1, 4))
         finished["at"] = time.monotonic()
 
-    with policy.interactive():
-        thread = threading.Thread(target=forward)
-        thread.start()
-        time.sleep(0.3)
-        assert "at" not in finished  # held between layers, not only between steps
-        round_ended = time.monotonic()
-    thread.join(timeout=30)
-    assert finished["at"] >= round_ended
+    previous = torch.get_num_threads()
+    try:
+        with policy.interactive():
+            thread = threading.Thread(target=forward)
+            thread.start()
+            time.sleep(0.3)
+            assert "at" not in finished  # held between layers, not only between steps
+            round_ended = time.monotonic()
+        thread.join(timeout=30)
+        assert finished["at"] >= round_ended
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_the_pause_budget_runs_out_and_refills():
-    policy = ThreadPolicy(training_threads=1, cpus=2, max_pause_seconds=0.3)
-    with policy.interactive():
+    policy = ThreadPolicy(training_threads=1, cpus=2, max_pause_seconds=1.0)
+    previous = torch.get_num_threads()
+    try:
+        with policy.interactive():
+            started = time.monotonic()
+            in_thread(policy.give_way)  # waits out the whole budget
+            first = time.monotonic() - started
+            started = time.monotonic()
+            in_thread(policy.before_training_step)  # the step's wait draws on the same budget: spent
+            second = time.monotonic() - started
+            time.sleep(0.6)  # refills at one second per second
+            started = time.monotonic()
+            in_thread(policy.give_way)
+            third = time.monotonic() - started
         started = time.monotonic()
-        in_thread(policy.give_way)  # waits out the whole budget
-        first = time.monotonic() - started
-        started = time.monotonic()
-        in_thread(policy.give_way)  # the budget is spent: no wait
-        second = time.monotonic() - started
-        time.sleep(0.2)  # refills at one second per second
-        started = time.monotonic()
-        in_thread(policy.give_way)
-        third = time.monotonic() - started
-    assert first >= 0.3 and second < 0.1 and 0.1 <= third < 0.3
-    started = time.monotonic()
-    in_thread(policy.give_way)  # nothing in flight: no wait
-    assert time.monotonic() - started < 0.1
+        in_thread(policy.give_way)  # nothing in flight: no wait
+        idle = time.monotonic() - started
+    finally:
+        torch.set_num_threads(previous)
+    assert first >= 1.0 and second < 0.4 and 0.5 <= third < 1.0 and idle < 0.4
+
+
+def test_the_server_hands_its_policy_to_embedded_training():
+    from server.context import executor_factory
+    from server.settings import Settings
+
+    policy = ThreadPolicy(cpus=2)
+    factory = executor_factory(Settings(broker_url=None), policy)
+    assert factory.keywords["give_way"] == policy.give_way
+    assert factory.keywords["before_step"] == policy.before_training_step

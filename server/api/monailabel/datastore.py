@@ -112,7 +112,9 @@ def save_label(
     end_transaction(db)
     path = save_upload(ctx, label)
     try:
-        row, job, version = monailabel.save_final_label(ctx, db, user, project, row, path, label.filename, settings)
+        with ctx.threads.interactive():
+            row, job, version = monailabel.save_final_label(ctx, db, user, project, row, path, label.filename,
+                                                            settings)
     finally:
         path.unlink(missing_ok=True)
     return LabelSaved(image=image, label=image, tag=monailabel.FINAL_TAG, version=version,

@@ -81,7 +81,8 @@ def run_inference(
             raise BadInput("the 'label' part needs a file name (its suffix tells the format)")
         upload = (save_upload(ctx, label), label.filename)
     try:
-        answer = monailabel.infer(ctx, db, user, project, model, row, settings, upload)
+        with ctx.threads.interactive():  # embedded training gives way, as for a REST round
+            answer = monailabel.infer(ctx, db, user, project, model, row, settings, upload)
     finally:
         if upload is not None:
             upload[0].unlink(missing_ok=True)
