@@ -32,8 +32,12 @@ had already put the answer right: 0 wrong voxels on every suggested ACDC slice.)
 
 E no longer peaks where the user just drew (as |fused - model| did): an annotated plane's
 proxy is one-hot, so only a trusted model that disagrees with it there raises E on it. The suggestion is the plane, along the axis the user annotates,
-holding the most E among the planes not drawn yet on that axis, and on it the
-structure-sized region of E (see ``suggest_next_interaction``). Arrays are (z, y, x),
+with the most E on it and, at ``NEIGHBOUR_SHARES``, on the undrawn planes beside it (a
+correction is carried to them) among the planes not drawn yet on that axis, and on it the
+structure-sized region of E (see ``suggest_next_interaction``). Drawn neighbours do not
+count: a trusted model that disagrees with a drawn plane raises E there, and counting it
+drew the suggestions into the cluster of drawn planes (hippocampus val, 20 volumes x 10
+rounds, noisy model: final Dice 0.824 counting them, 0.846 not). Arrays are (z, y, x),
 probabilities (C, z, y, x).
 
 Measured with ``python -m clients.bench_rounds --data ../shared/data/acdc/val --limit 6
@@ -59,6 +63,12 @@ from registration.fusion import model_share, normalized_entropy
 #: Reliability the model needs at open (no annotations yet) before its uncertainty, not the
 #: centre of the volume, says where to start.
 OPEN_MIN_RELIABILITY = 0.5
+
+#: A correction on one plane is carried to the planes beside it (``registration.propagate``),
+#: so a plane's score as the next suggestion is its own error plus these shares of the error
+#: on the undrawn planes 1, 2, ... away from it along the axis: the planes with the most error
+#: around them, not only on them.
+NEIGHBOUR_SHARES = (0.5,)
 
 
 @dataclass(frozen=True)
@@ -206,7 +216,8 @@ def suggest_next_interaction(
 
     ``drawn_planes``: (axis, index) of planes already drawn: never suggested again.
     ``axis``: the axis to suggest along (default: the one most drawn planes lie on, z when
-    none); if every plane of it is drawn or error-free, the other axes are tried. On the
+    none); if every plane of it is drawn or error-free, the other axes are tried. A plane's
+    score is its error plus ``NEIGHBOUR_SHARES`` of its undrawn neighbours'. On the
     chosen plane the error is smoothed over a structure-sized window (``radius_voxels``,
     default an eighth of the plane's shorter side) and the region is the connected part of
     the smoothed error above half its peak that holds the peak. None when no undrawn plane
@@ -221,13 +232,24 @@ def suggest_next_interaction(
         raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
     for candidate in [first] + [a for a in range(3) if a != first]:
         per_slice = np.moveaxis(error, candidate, 0).sum(axis=(1, 2)).astype(np.float64)
-        for index in range(per_slice.size):
-            if (candidate, index) in drawn:
-                per_slice[index] = -1.0
-        best = int(np.argmax(per_slice))
-        if per_slice[best] > 0.0:
+        undrawn = np.array([(candidate, i) not in drawn for i in range(per_slice.size)])
+        score = neighbourhood_error(np.where(undrawn, per_slice, 0.0))
+        score[~undrawn | (per_slice <= 0.0)] = -1.0  # only planes holding error themselves
+        best = int(np.argmax(score))
+        if score[best] > 0.0:
             return _region_on_plane(error, candidate, best, radius_voxels)
     return None
+
+
+def neighbourhood_error(per_slice: np.ndarray) -> np.ndarray:
+    """Each plane's error plus ``NEIGHBOUR_SHARES`` of its neighbours' (float64, same length)."""
+    reach = len(NEIGHBOUR_SHARES)
+    padded = np.pad(np.asarray(per_slice, dtype=np.float64), reach)
+    score = padded[reach: reach + per_slice.size].copy()
+    for distance, share in enumerate(NEIGHBOUR_SHARES, start=1):
+        score += share * (padded[reach - distance: reach - distance + per_slice.size]
+                          + padded[reach + distance: reach + distance + per_slice.size])
+    return score
 
 
 def _region_on_plane(error: np.ndarray, axis: int, index: int, radius_voxels: float | None) -> Suggestion:

@@ -9,7 +9,9 @@ from registration.fusion import fuse_with_model
 from registration.io.volume import UNLABELLED
 from registration.propagate import SliceAnnotation, propagate_to_volume
 from registration.residual import (
+    NEIGHBOUR_SHARES,
     OPEN_MIN_RELIABILITY,
+    neighbourhood_error,
     opening_suggestion,
     round_residual,
     suggest_next_interaction,
@@ -54,13 +56,30 @@ def test_the_suggestion_never_lands_on_a_drawn_plane(seed):
     assert suggestion.axis == 0  # the axis most drawn planes lie on
     assert (suggestion.axis, suggestion.slice) not in drawn
     undrawn = [z for z in range(shape[0]) if (0, z) not in drawn]
-    assert suggestion.slice == max(undrawn, key=lambda z: error[z].sum())
+    per_slice = np.array([error[z].sum() if z in undrawn else 0.0 for z in range(shape[0])])
+    assert suggestion.slice == max(undrawn, key=lambda z: neighbourhood_error(per_slice)[z])
     # Every plane of the axis drawn: another axis, still never a drawn plane.
     all_z = {(0, z) for z in range(shape[0])} | {(1, 0)}
     other = suggest_next_interaction(error, all_z)
     assert other is not None and other.axis != 0 and (other.axis, other.slice) not in all_z
     everything = {(a, i) for a in range(3) for i in range(shape[a])}
     assert suggest_next_interaction(error, everything) is None
+
+
+def test_the_suggestion_prefers_error_with_more_error_around_it():
+    """Two planes hold the same error; beside one lie undrawn planes with error, beside the
+    other a drawn plane (whose error a correction would not change): the first is suggested.
+    A plane holding no error itself is never suggested, however much lies around it."""
+    error = np.zeros((12, 8, 8), dtype=np.float32)
+    error[3] = error[8] = 1.0
+    error[2] = error[4] = 0.4  # undrawn neighbours of plane 3
+    error[9] = 0.9  # plane 9 is drawn (a trusted model disagreeing there)
+    assert suggest_next_interaction(error, {(0, 9)}).slice == 3
+    assert NEIGHBOUR_SHARES[0] > 0
+    ring = np.zeros((5, 8, 8), dtype=np.float32)
+    ring[1] = ring[3] = 1.0  # plane 2 holds none but has the most around it
+    assert suggest_next_interaction(ring).slice in (1, 3)
+    assert suggest_next_interaction(ring, {(0, 1), (0, 3)}).axis != 0  # no error left on z: another axis
 
 
 @pytest.mark.parametrize("seed", range(3))
