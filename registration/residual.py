@@ -243,13 +243,8 @@ def suggest_next_interaction(
 
 def neighbourhood_error(per_slice: np.ndarray) -> np.ndarray:
     """Each plane's error plus ``NEIGHBOUR_SHARES`` of its neighbours' (float64, same length)."""
-    reach = len(NEIGHBOUR_SHARES)
-    padded = np.pad(np.asarray(per_slice, dtype=np.float64), reach)
-    score = padded[reach: reach + per_slice.size].copy()
-    for distance, share in enumerate(NEIGHBOUR_SHARES, start=1):
-        score += share * (padded[reach - distance: reach - distance + per_slice.size]
-                          + padded[reach + distance: reach + distance + per_slice.size])
-    return score
+    kernel = np.concatenate([NEIGHBOUR_SHARES[::-1], [1.0], NEIGHBOUR_SHARES])
+    return ndimage.correlate1d(np.asarray(per_slice, dtype=np.float64), kernel, mode="constant")
 
 
 def _region_on_plane(error: np.ndarray, axis: int, index: int, radius_voxels: float | None) -> Suggestion:
