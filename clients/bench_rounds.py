@@ -58,10 +58,11 @@ def stand_in_model(kind: str, truth: np.ndarray, num_classes: int, rng: np.rando
 def simulate_volume(
     image: np.ndarray, truth: np.ndarray, num_classes: int, model: np.ndarray, rounds: int, policy: str,
     rng: np.random.Generator, validation_dice: float | None = None,
-    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0), first_without_background: bool = False,
 ) -> list[dict]:
     """Rows per round: slice, Dice of fused and proxy, model weight, suggestion hit numbers.
-    ``spacing_zyx``: the image's voxel spacing (mm), as the server passes it."""
+    ``spacing_zyx``: the image's voxel spacing (mm), as the server passes it.
+    ``first_without_background``: round 1 draws the structures only (no background stroke)."""
     seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
     planes: set[tuple[int, int]] = set()
     answer = answer_before_first_round(model.argmax(axis=0))
@@ -70,6 +71,8 @@ def simulate_volume(
     for number in range(rounds):
         axis, index = choose_slice(policy, truth, answer, suggestion, planes, rng)
         drawing = corrective_scribble(np.take(truth, index, axis), np.take(answer, index, axis), num_classes)
+        if first_without_background and number == 0:
+            drawing[drawing == 0] = UNLABELLED
         planes.add((axis, index))
         np.moveaxis(seeds, axis, 0)[index][drawing != UNLABELLED] = drawing[drawing != UNLABELLED]
         started = time.perf_counter()
@@ -131,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the checkpoint's validation Dice for the fusion (default: what it reports)")
     parser.add_argument("--policy", choices=("residual", "random", "oracle"), default="residual")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--first-without-background", action="store_true",
+                        help="round 1 draws the structures only, as a person who skips the background")
     parser.add_argument("--out", help="write the rows and the summary as JSON here")
     options = parser.parse_args(argv)
     network, network_config, validation_dice, size = None, None, None, None
@@ -157,10 +162,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             model = stand_in_model(options.model, truth, num_classes, rng)
         for row in simulate_volume(case.image.array, truth, num_classes, model, options.rounds, options.policy, rng,
-                                   validation_dice, case.image.spacing_zyx):
+                                   validation_dice, case.image.spacing_zyx, options.first_without_background):
             rows.append({"case": case.name, **row})
             print(json.dumps(rows[-1]), flush=True)
-    summary = {"model": options.checkpoint or options.model, "validation_dice": validation_dice, "policy": options.policy, "rounds": options.rounds, **summarize(rows)}
+    summary = {"model": options.checkpoint or options.model, "validation_dice": validation_dice,
+               "policy": options.policy, "rounds": options.rounds,
+               "first_without_background": options.first_without_background, **summarize(rows)}
     print(json.dumps(summary, indent=1))
     if options.out:
         with open(options.out, "w", encoding="utf-8") as handle:

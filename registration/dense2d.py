@@ -47,6 +47,22 @@ REFINE_INTENSITY_WEIGHT = 0.8
 #: (strokes, not clicks): fewer give spiky histograms that scatter islands along borders
 #: (50 would also skip many simulated ACDC strokes and lose the gain, measured on train).
 REFINE_MIN_SEEDS = 10
+#: Without background seeds, the pixels out of every drawn class's reach are background too
+#: (``far_from_seeds``), not only the slice border: strokes on the structures alone (a first
+#: round on an empty answer) otherwise flooded the body around them, e.g. a myocardium of
+#: 17 433 pixels against 944 in a walk-through. A class's reach is ``REACH_EXTENT_SHARE`` x the
+#: extent of its seeds (a stroke spans its structure), at least ``REACH_MIN_SHARE`` x the
+#: slice's shorter side; seeds of at most ``CLICK_EXTENT_PIXELS`` (a click) tell no size, and
+#: reach ``CLICK_REACH_SHARE`` x the shorter side. Measured on every labelled z slice of the
+#: val sets (ACDC 205, hippocampus 502), the annotator's first-round drawing without its
+#: background stroke, mean foreground Dice of the dense labels, border only -> this rule:
+#: ACDC strokes 0.477 -> 0.742, clicks 0.465 -> 0.656; hippocampus strokes 0.561 -> 0.730,
+#: clicks 0.518 -> 0.568 (extent shares 0.3-0.7 and click shares 0.2-0.4 tried; 0.4 was a
+#: little better on ACDC strokes, 0.3 on hippocampus clicks).
+REACH_EXTENT_SHARE = 0.5
+REACH_MIN_SHARE = 0.05
+CLICK_REACH_SHARE = 0.2
+CLICK_EXTENT_PIXELS = 3
 #: The refinement changes only pixels whose blurred prior is below this for every class,
 #: i.e. the band of about two blur widths along the watershed borders.
 REFINE_BAND = 0.99
@@ -68,7 +84,8 @@ def densify_slice(
     ``image_yx``: any real 2D array. ``seeds_yx``: ints of the same shape, a class 0..C-1
     where the user drew, ``UNLABELLED`` elsewhere. ``probabilities_cyx``: optional float
     (C, y, x) model probabilities for the slice. Seeded pixels keep their class. Without
-    background seeds, the slice border (where not seeded) is taken as background. Raises
+    background seeds, the slice border and the pixels out of every class's reach
+    (``far_from_seeds``) are taken as background. Raises
     ValueError when nothing is seeded.
     """
     image = np.asarray(image_yx, dtype=np.float32)
@@ -88,7 +105,7 @@ def densify_slice(
         border = np.zeros(image.shape, dtype=bool)
         border[[0, -1], :] = True
         border[:, [0, -1]] = True
-        markers[border & ~seeded] = 1
+        markers[(border | far_from_seeds(seeds)) & ~seeded] = 1
 
     normalized = normalize_intensity_sampled(image[None])[0]
     smoothed = ndimage.gaussian_filter(normalized, _smoothing_sigma(image.shape))
@@ -100,6 +117,22 @@ def densify_slice(
     labels = refine_by_appearance(labels, normalized, seeds, num_classes)
     labels[seeded] = seeds[seeded]
     return labels.astype(np.int64)
+
+
+def far_from_seeds(seeds_yx: np.ndarray) -> np.ndarray:
+    """bool (y, x): the pixels farther from the seeds of each seeded class than that class's
+    reach (the constants above); all False when nothing is seeded."""
+    seeds = np.asarray(seeds_yx)
+    side = float(min(seeds.shape))
+    classes = np.unique(seeds[seeds != UNLABELLED])
+    far = np.full(seeds.shape, classes.size > 0)
+    for cls in classes:
+        drawn = seeds == cls
+        rows, cols = np.nonzero(drawn)
+        extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+        reach = REACH_EXTENT_SHARE * extent if extent > CLICK_EXTENT_PIXELS else CLICK_REACH_SHARE * side
+        far &= ndimage.distance_transform_edt(~drawn) > max(reach, REACH_MIN_SHARE * side)
+    return far
 
 
 def refine_by_appearance(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from registration.dense2d import densify_slice, refine_by_appearance
+from registration.dense2d import densify_slice, far_from_seeds, refine_by_appearance
 from registration.io.volume import UNLABELLED
 
 
-def _image_and_truth():
-    truth = np.zeros((40, 50), dtype=np.int64)
-    yy, xx = np.mgrid[:40, :50]
+def _image_and_truth(shape=(40, 50)):
+    truth = np.zeros(shape, dtype=np.int64)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
     truth[((yy - 20) / 11.0) ** 2 + ((xx - 24) / 15.0) ** 2 <= 1.0] = 1
     image = np.where(truth > 0, 0.8, 0.2) + np.random.default_rng(0).normal(0, 0.03, truth.shape)
     return image.astype(np.float32), truth
@@ -33,10 +33,37 @@ def test_two_regions_from_two_strokes():
 
 
 def test_without_background_seeds_the_border_is_background():
-    image, truth = _image_and_truth()
+    # A click tells no size: it reaches 0.2 of the slice's shorter side (20 pixels here),
+    # beyond the structure's edge (semi-axes 11 and 15).
+    image, truth = _image_and_truth((100, 120))
     seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
     seeds[20, 24] = 1  # a single click
     assert _dice(densify_slice(image, seeds, 2), truth) > 0.95
+
+
+def test_strokes_without_background_do_not_flood_the_body_around_the_structure():
+    # A small structure with a faint edge inside a large body with a strong one: flooded from
+    # the slice border alone, the stroke's class took the whole body.
+    yy, xx = np.mgrid[:200, :240]
+    body = ((yy - 100) / 85.0) ** 2 + ((xx - 120) / 105.0) ** 2 <= 1.0
+    truth = (((yy - 90) / 10.0) ** 2 + ((xx - 110) / 25.0) ** 2 <= 1.0).astype(np.int64)
+    image = 0.1 + 0.5 * body + 0.08 * truth + np.random.default_rng(1).normal(0, 0.01, truth.shape)
+    seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    seeds[90, 92:129] = 1  # along the structure's long axis, no background stroke
+    labels = densify_slice(image.astype(np.float32), seeds, 2)
+    assert np.count_nonzero(labels == 1) < 2 * np.count_nonzero(truth)
+    assert _dice(labels, truth) > 0.8
+
+
+def test_far_from_seeds_scales_with_each_class_stroke_and_gives_clicks_a_share_of_the_slice():
+    seeds = np.full((100, 120), UNLABELLED, dtype=np.uint8)
+    seeds[50, 20:61] = 1  # extent 41: reach 20.5 pixels
+    seeds[20, 100] = 2  # a click: reach 0.2 x 100 = 20 pixels
+    far = far_from_seeds(seeds)
+    assert not far[50, 80] and far[50, 82]  # 20 and 22 pixels beyond the stroke's end
+    assert not far[70, 40] and far[72, 40]
+    assert not far[20, 80] and far[20, 79] and far[45, 100]
+    assert not far_from_seeds(np.full((10, 10), UNLABELLED, dtype=np.uint8)).any()
 
 
 def test_model_probabilities_guide_a_flat_image():
