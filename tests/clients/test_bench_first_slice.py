@@ -25,8 +25,7 @@ def test_scores_every_labelled_slice_with_and_without_the_background_stroke(tmp_
     assert summaries[True]["without_background"] and not summaries[False]["without_background"]
     assert summaries[True]["mode"] == summaries[False]["mode"] == mode
     # the same slices, each drawn with fewer pixels once the background stroke is left out
-    assert len(drawn[True]) == len(drawn[False])
-    assert all(a < b for a, b in zip(drawn[True], drawn[False]))
+    assert all(a < b for a, b in zip(drawn[True], drawn[False], strict=True))
 
 
 def test_a_directory_without_volumes_is_a_clear_error(tmp_path):
