@@ -301,7 +301,8 @@ class SimulatedAnnotator:
     ``policy``: how the slice is chosen (``choose_slice``); ``mode``: strokes or clicks sent
     as interactions, or strokes sent as a labelmap file; ``evaluate``: also download and
     score the proxy of every round; ``axis``: the axis of the random/oracle policies (default:
-    the axis the drawn slices lie on, z at first).
+    the axis the drawn slices lie on, z at first); ``think_seconds``: the mean pause before
+    each round (a person looking and drawing), each drawn from 0.5 to 1.5 times it.
     """
 
     def __init__(
@@ -314,6 +315,7 @@ class SimulatedAnnotator:
         seed: int = 0,
         evaluate: bool = True,
         axis: int | None = None,
+        think_seconds: float = 0.0,
     ):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -326,6 +328,7 @@ class SimulatedAnnotator:
         self.seed = seed
         self.evaluate = evaluate
         self.axis = axis
+        self.think_seconds = float(think_seconds)
 
     def submit(self, session_id: int, image: schemas.ImageOut, scribble: np.ndarray) -> schemas.RoundOut:
         if self.mode == "clicks":
@@ -359,6 +362,7 @@ class SimulatedAnnotator:
         if truth.shape != tuple(image.shape_zyx):
             raise ValueError(f"truth shape {truth.shape} != image shape {tuple(image.shape_zyx)}")
         rng = np.random.default_rng([self.seed, image.id])
+        pace = np.random.default_rng([self.seed, image.id, 1])  # apart, so slice choices do not depend on it
         session = self.client.open_session(image.id, takeover=takeover)
         record = AnnotationRecord(image_id=image.id, session_id=session.id)
         prediction = self._download_session_prediction(session.id)
@@ -376,6 +380,8 @@ class SimulatedAnnotator:
             axis, index, scribble, fallback = choice
             drawn.add((axis, index))
             record.fallbacks += int(fallback)
+            if self.think_seconds > 0:
+                time.sleep(self.think_seconds * pace.uniform(0.5, 1.5))
             started = time.perf_counter()
             result = self.submit(session.id, image, scribble)
             seconds = time.perf_counter() - started

@@ -10,7 +10,8 @@ accepts, and by default waits for the image's accept job (with one annotator als
 consolidation job it starts) before the next image (so the learning effect is measured
 alike on fast and slow machines; ``--no-wait`` goes on at a user's pace).
 ``--annotators K`` runs K annotators, each with its own token and client, on different
-images at once.
+images at once; ``--think-seconds S`` makes each pause about S seconds before every round,
+as a person looks and draws (without it they submit as fast as the server answers).
 
 Per round it records the Dice of the returned segmentation and of the registration proxy
 alone, the effort, whether the server's suggestion landed on a slice with error (and a
@@ -60,6 +61,8 @@ from server import schemas
 
 SERVER_STARTUP_SECONDS = 180
 POLL_SECONDS = 1.0  # job polls: each is a (short) write transaction on SQLite
+#: The longest mean pause before a round (--think-seconds): bounds the time a stream can take.
+MAX_THINK_SECONDS = 600.0
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -142,6 +145,7 @@ class StreamOptions:
     url: str | None = None
     token: str | None = None
     wait: bool = True
+    think_seconds: float = 0.0
     job_timeout: float = 900.0
     time_limit_minutes: float = 600.0
     offline: bool = True
@@ -242,7 +246,8 @@ def annotate_image(
 ) -> dict:
     """Annotate, accept and (by default) wait for the accept job; the image's record."""
     image = item.uploaded
-    annotator = SimulatedAnnotator(client, num_classes, policy=options.policy, mode=options.mode, seed=seed)
+    annotator = SimulatedAnnotator(client, num_classes, policy=options.policy, mode=options.mode, seed=seed,
+                                   think_seconds=options.think_seconds)
     started = time.time()
     record = annotator.annotate(image, item.truth, options.max_rounds, options.target_dice, accept=False)
     session_id = int(record.session_id)
@@ -552,8 +557,8 @@ def summarize(volumes: list[dict], extra: dict) -> dict:
 
 
 def run_stream_benchmark(options: StreamOptions) -> dict:
-    if options.max_rounds < 0 or options.annotators < 1:
-        raise ValueError("--max-rounds must be >= 0 and --annotators >= 1")
+    if options.max_rounds < 0 or options.annotators < 1 or not 0.0 <= options.think_seconds <= MAX_THINK_SECONDS:
+        raise ValueError(f"--max-rounds must be >= 0, --annotators >= 1 and --think-seconds in 0..{MAX_THINK_SECONDS:g}")
     wall_started = time.perf_counter()
     stream = load_stream(options.data, options.limit)
     holdout = load_stream(options.holdout, options.holdout_limit)

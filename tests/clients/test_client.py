@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from clients.annotator import SimulatedAnnotator, strokes_from_scribble
+from clients.bench_stream import StreamOptions, run_stream_benchmark
 from clients.cli import build_parser, upload_files
 from clients.client import ApiError, ScribbleflowClient
 from registration.io.volume import UNLABELLED, read_volume, write_volume_atomic
@@ -85,6 +88,22 @@ def test_stroke_mode_paints_exactly_the_simulated_scribble(admin_client, tmp_pat
     record = annotator.annotate(image, label, max_rounds=1, accept=False)
     sent = read_volume(admin_client.download_round_file(record.rounds[0].round.id, "input", tmp_path / "i.nii.gz"))
     assert record.rounds[0].round.effort.voxels == int((sent.array != UNLABELLED).sum()) > 0
+
+
+def test_annotator_pauses_before_each_round_as_a_person_draws(admin_client, tmp_path):
+    volume, label = synthetic_volume(seed=6)
+    project = admin_client.create_project("think", ["inner", "ring"])
+    image = admin_client.upload_image(project.id, write_volume_atomic(volume, tmp_path / "t.nii.gz"))
+    annotator = SimulatedAnnotator(admin_client, num_classes=3, seed=3, think_seconds=1.0)
+    started = time.perf_counter()
+    record = annotator.annotate(image, label, max_rounds=2, target_dice=None, accept=False)
+    elapsed = time.perf_counter() - started
+    assert len(record.rounds) == 2
+    # each pause is at least half the mean: two rounds, at least a second beyond the rounds themselves
+    assert elapsed - sum(r.seconds for r in record.rounds) >= 1.0
+    with pytest.raises(ValueError, match="think-seconds"):
+        run_stream_benchmark(StreamOptions(data=str(tmp_path), holdout=str(tmp_path), out=str(tmp_path / "o.json"),
+                                           think_seconds=-1.0))
 
 
 def test_cli_finds_upload_files_and_parses_commands(tmp_path):
