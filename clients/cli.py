@@ -8,7 +8,7 @@ variables ``SCRIBBLEFLOW_URL`` / ``SCRIBBLEFLOW_TOKEN``. Results are printed as 
     scribbleflow-client next --project 1
     scribbleflow-client open 1                                      # session on image 1
     scribbleflow-client labelmap 1 scribbles.nii.gz                 # a round
-    scribbleflow-client download round 1 segmentation seg.nii.gz
+    scribbleflow-client download round 1 segmentation -o seg.nii.gz
     scribbleflow-client accept 1
 """
 
