@@ -15,8 +15,10 @@ The pure helpers (``choose_slice``, ``corrective_scribble``, ``strokes_from_scri
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,6 +209,14 @@ def corrective_scribble(
     return out
 
 
+def structures_only(drawing: np.ndarray) -> np.ndarray:
+    """A copy of ``drawing`` without its background strokes (what a person draws who marks the
+    structures alone)."""
+    out = np.array(drawing, copy=True)
+    out[out == 0] = UNLABELLED
+    return out
+
+
 def strokes_from_scribble(scribble_zyx: np.ndarray, max_points: int = 5000) -> list[schemas.Stroke]:
     """Strokes (index space, radius 0) that paint exactly the scribble's voxels.
 
@@ -302,7 +312,8 @@ class SimulatedAnnotator:
     as interactions, or strokes sent as a labelmap file; ``evaluate``: also download and
     score the proxy of every round; ``axis``: the axis of the random/oracle policies (default:
     the axis the drawn slices lie on, z at first); ``think_seconds``: the mean pause before
-    each round (a person looking and drawing), each drawn from 0.5 to 1.5 times it.
+    each round (a person looking and drawing), each drawn from 0.5 to 1.5 times it, spent in
+    ``sleep``.
     """
 
     def __init__(
@@ -316,11 +327,14 @@ class SimulatedAnnotator:
         evaluate: bool = True,
         axis: int | None = None,
         think_seconds: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not 0.0 <= think_seconds < math.inf:
+            raise ValueError(f"think_seconds must be a finite number >= 0, got {think_seconds!r}")
         self.client = client
         self.num_classes = num_classes
         self.policy = policy
@@ -329,6 +343,7 @@ class SimulatedAnnotator:
         self.evaluate = evaluate
         self.axis = axis
         self.think_seconds = float(think_seconds)
+        self.sleep = sleep
 
     def submit(self, session_id: int, image: schemas.ImageOut, scribble: np.ndarray) -> schemas.RoundOut:
         if self.mode == "clicks":
@@ -381,7 +396,7 @@ class SimulatedAnnotator:
             drawn.add((axis, index))
             record.fallbacks += int(fallback)
             if self.think_seconds > 0:
-                time.sleep(self.think_seconds * pace.uniform(0.5, 1.5))
+                self.sleep(self.think_seconds * pace.uniform(0.5, 1.5))
             started = time.perf_counter()
             result = self.submit(session.id, image, scribble)
             seconds = time.perf_counter() - started

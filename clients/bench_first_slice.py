@@ -1,6 +1,7 @@
 """`python -m clients.bench_first_slice`: the dense labels of a first drawn slice, without a server.
 
-For every slice along z of every volume that holds a labelled structure, the simulated
+For every slice along z of every volume that holds a labelled structure big enough to draw
+(the others are counted as skipped, alike with and without background), the simulated
 annotator (``clients.annotator.corrective_scribble``) draws what a person draws on a slice
 with no answer yet, strokes or clicks; with ``--without-background`` its background stroke is
 left out (a person who marks only the structures). ``registration.dense2d.densify_slice``
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from clients.annotator import NOTHING, corrective_scribble, mean_foreground_dice
+from clients.annotator import NOTHING, corrective_scribble, mean_foreground_dice, structures_only
 from learner.data import case_paths, load_case
 from learner.metrics import dice_per_class
 from registration.dense2d import densify_slice
@@ -28,20 +29,25 @@ from registration.io.volume import UNLABELLED
 
 
 def score_first_slices(
-    image_zyx: np.ndarray, truth_zyx: np.ndarray, num_classes: int, mode: str, without_background: bool
-) -> list[dict]:
-    """Rows per labelled z slice: its index, Dice of the dense labels, flooded pixels, drawn pixels."""
-    rows = []
+    image_zyx: np.ndarray, truth_zyx: np.ndarray, num_classes: int, mode: str, without_background: bool,
+    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> tuple[list[dict], int]:
+    """Rows per z slice on which the annotator draws a structure: its index, Dice of the dense
+    labels, flooded pixels, drawn pixels; and the number of labelled slices skipped because
+    their structures are too small to draw (the same slices with and without background)."""
+    rows, skipped = [], 0
     for z in range(truth_zyx.shape[0]):
         truth = truth_zyx[z]
         if not truth.any():
             continue
         drawing = corrective_scribble(truth, np.full_like(truth, NOTHING), num_classes, mode=mode)
-        if without_background:
-            drawing[drawing == 0] = UNLABELLED
-        if not (drawing != UNLABELLED).any():
+        structures = structures_only(drawing)
+        if not (structures != UNLABELLED).any():
+            skipped += 1
             continue
-        labels = densify_slice(image_zyx[z], drawing, num_classes)
+        if without_background:
+            drawing = structures
+        labels = densify_slice(image_zyx[z], drawing, num_classes, spacing_yx=tuple(spacing_zyx[1:]))
         dice = dice_per_class(labels[None], truth[None], num_classes)
         shown = {c: d for c, d in dice.items() if (truth == c).any()}
         rows.append({
@@ -50,7 +56,7 @@ def score_first_slices(
             "flooded_pixels": int(((labels > 0) & (truth == 0)).sum()),
             "drawn_pixels": int((drawing != UNLABELLED).sum()),
         })
-    return rows
+    return rows, skipped
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--without-background", action="store_true", help="leave out the background stroke")
     parser.add_argument("--out", help="write the rows and the summary as JSON here")
     options = parser.parse_args(argv)
-    rows = []
+    rows, skipped = [], 0
     started = time.perf_counter()
     try:
         cases = case_paths(options.data)[: options.limit]
@@ -73,8 +79,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{case.name}: no labels to score against")
         truth = np.asarray(case.label, dtype=np.int64)
         num_classes = max(int(truth.max()) + 1, 2)
-        for row in score_first_slices(case.image.array, truth, num_classes, options.mode, options.without_background):
-            rows.append({"case": case.name, **row})
+        scored, passed_over = score_first_slices(case.image.array, truth, num_classes, options.mode,
+                                                 options.without_background, case.image.spacing_zyx)
+        rows += [{"case": case.name, **row} for row in scored]
+        skipped += passed_over
         print(f"{case.name}: {len(rows)} slices so far", flush=True)
     if not rows:
         raise SystemExit(f"{options.data}: no labelled slice to draw on")
@@ -83,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         "mode": options.mode,
         "without_background": options.without_background,
         "slices": len(rows),
+        "skipped_slices": skipped,
         "mean_dice": float(np.mean([r["dice"] for r in rows])),
         "mean_flooded_pixels": float(np.mean([r["flooded_pixels"] for r in rows])),
         "seconds": time.perf_counter() - started,

@@ -28,6 +28,7 @@ from clients.annotator import (
     choose_slice,
     corrective_scribble,
     mean_foreground_dice,
+    structures_only,
 )
 from learner.data import case_paths, load_case
 from learner.metrics import dice_per_class
@@ -72,7 +73,7 @@ def simulate_volume(
         axis, index = choose_slice(policy, truth, answer, suggestion, planes, rng)
         drawing = corrective_scribble(np.take(truth, index, axis), np.take(answer, index, axis), num_classes)
         if first_without_background and number == 0:
-            drawing[drawing == 0] = UNLABELLED
+            drawing = structures_only(drawing)
         planes.add((axis, index))
         np.moveaxis(seeds, axis, 0)[index][drawing != UNLABELLED] = drawing[drawing != UNLABELLED]
         started = time.perf_counter()

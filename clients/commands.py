@@ -43,7 +43,7 @@ def register(subparsers, bench_subparsers) -> None:
                        help="do not wait for an image's accept (and consolidation) job before the next image")
     bench.add_argument("--think-seconds", type=float, default=0.0,
                        help="mean pause before each round, as a person looks and draws "
-                            "(each pause drawn uniformly from 0.5 to 1.5 times this; default: none)")
+                            "(each pause drawn uniformly from 0.5 to 1.5 times this, at most 120; default: none)")
     bench.add_argument("--job-timeout", type=float, default=900.0, help="seconds to wait for a job")
     bench.add_argument("--time-limit-minutes", type=float, default=600.0,
                        help="no new image is started after this many minutes")

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from registration.io.volume import UNLABELLED
+from registration.labels import bounding_extent
 
 #: Smallest release radius around a stroke of a class the plane does not show yet (pixels):
 #: clicks and short strokes still free the pixels next to them.
@@ -47,9 +48,7 @@ RELEASE_EXTENT_FRACTION = 0.3
 def release_radius(stroke: np.ndarray) -> float:
     """RELEASE_EXTENT_FRACTION of the longer side of the bounding box of the ``stroke`` pixels, at
     least MIN_RELEASE_PIXELS."""
-    rows, cols = np.nonzero(stroke)
-    extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) if rows.size else 0
-    return max(MIN_RELEASE_PIXELS, RELEASE_EXTENT_FRACTION * float(extent))
+    return max(MIN_RELEASE_PIXELS, RELEASE_EXTENT_FRACTION * bounding_extent(stroke))
 
 
 def released_by_stroke(stroke: np.ndarray, previous_is_class: np.ndarray) -> np.ndarray:

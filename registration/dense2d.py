@@ -33,6 +33,7 @@ from registration.appearance import (
     reweight_by_intensity,
 )
 from registration.io.volume import UNLABELLED
+from registration.labels import bounding_extent
 
 #: Flooding regularity (skimage ``compactness``): 0 = pure watershed.
 COMPACTNESS = 1e-3
@@ -50,15 +51,17 @@ REFINE_MIN_SEEDS = 10
 #: Without background seeds, the pixels out of every drawn class's reach are background too
 #: (``far_from_seeds``), not only the slice border: strokes on the structures alone (a first
 #: round on an empty answer) otherwise flooded the body around them, e.g. a myocardium of
-#: 17 433 pixels against 944 in a walk-through. A class's reach is ``REACH_EXTENT_SHARE`` x the
-#: extent of its seeds (a stroke spans its structure), at least ``REACH_MIN_SHARE`` x the
-#: slice's shorter side; seeds of at most ``CLICK_EXTENT_PIXELS`` (a click) tell no size, and
-#: reach ``CLICK_REACH_SHARE`` x the shorter side. Measured on every labelled z slice of the
-#: val sets (ACDC 205, hippocampus 502), the annotator's first-round drawing without its
-#: background stroke, mean foreground Dice of the dense labels, border only -> this rule:
-#: ACDC strokes 0.477 -> 0.742, clicks 0.465 -> 0.656; hippocampus strokes 0.561 -> 0.730,
-#: clicks 0.518 -> 0.568 (extent shares 0.3-0.7 and click shares 0.2-0.4 tried; 0.4 was a
-#: little better on ACDC strokes, 0.3 on hippocampus clicks).
+#: 17 433 pixels against 944 in a walk-through. A stroke's reach is ``REACH_EXTENT_SHARE`` x
+#: the extent of its class's strokes (a stroke spans its structure), at least
+#: ``REACH_MIN_SHARE`` x the slice's shorter side; a click (a connected group of seeds within
+#: ``CLICK_EXTENT_PIXELS`` x ``CLICK_EXTENT_PIXELS``) tells no size and reaches
+#: ``CLICK_REACH_SHARE`` x the shorter side. Lengths are in mm on the plane's grid. Measured on
+#: every labelled z slice of the val sets (ACDC 205, hippocampus 502), the annotator's
+#: first-round drawing without its background stroke, mean foreground Dice of the dense
+#: labels, border only -> this rule: ACDC strokes 0.477 -> 0.742, clicks 0.465 -> 0.656;
+#: hippocampus strokes 0.561 -> 0.730, clicks 0.518 -> 0.568 (extent shares 0.3-2.0, minimum
+#: shares 0.03-0.2 and click shares 0.2-0.4 tried: 0.4 was a little better on ACDC strokes,
+#: 0.3 on hippocampus clicks; docs/benchmarks.md).
 REACH_EXTENT_SHARE = 0.5
 REACH_MIN_SHARE = 0.05
 CLICK_REACH_SHARE = 0.2
@@ -78,6 +81,7 @@ def densify_slice(
     seeds_yx: np.ndarray,
     num_classes: int,
     probabilities_cyx: np.ndarray | None = None,
+    spacing_yx: tuple[float, float] = (1.0, 1.0),
 ) -> np.ndarray:
     """int64 labels (y, x) in 0..C-1 for every pixel of the slice.
 
@@ -85,7 +89,7 @@ def densify_slice(
     where the user drew, ``UNLABELLED`` elsewhere. ``probabilities_cyx``: optional float
     (C, y, x) model probabilities for the slice. Seeded pixels keep their class. Without
     background seeds, the slice border and the pixels out of every class's reach
-    (``far_from_seeds``) are taken as background. Raises
+    (``far_from_seeds``, in mm with ``spacing_yx``) are taken as background. Raises
     ValueError when nothing is seeded.
     """
     image = np.asarray(image_yx, dtype=np.float32)
@@ -105,7 +109,7 @@ def densify_slice(
         border = np.zeros(image.shape, dtype=bool)
         border[[0, -1], :] = True
         border[:, [0, -1]] = True
-        markers[(border | far_from_seeds(seeds)) & ~seeded] = 1
+        markers[(border | far_from_seeds(seeds, spacing_yx)) & ~seeded] = 1
 
     normalized = normalize_intensity_sampled(image[None])[0]
     smoothed = ndimage.gaussian_filter(normalized, _smoothing_sigma(image.shape))
@@ -119,19 +123,27 @@ def densify_slice(
     return labels.astype(np.int64)
 
 
-def far_from_seeds(seeds_yx: np.ndarray) -> np.ndarray:
-    """bool (y, x): the pixels farther from the seeds of each seeded class than that class's
-    reach (the constants above); all False when nothing is seeded."""
+def far_from_seeds(seeds_yx: np.ndarray, spacing_yx: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """bool (y, x): the pixels out of the reach (the constants above) of every seeded class's
+    strokes and clicks; all False when nothing is seeded. ``spacing_yx``: the plane's pixel
+    spacing (mm), so that a plane across thick slices is measured as drawn."""
     seeds = np.asarray(seeds_yx)
-    side = float(min(seeds.shape))
+    spacing = tuple(float(d) for d in spacing_yx)
+    side = min(n * d for n, d in zip(seeds.shape, spacing, strict=True))
     classes = np.unique(seeds[seeds != UNLABELLED])
     far = np.full(seeds.shape, classes.size > 0)
     for cls in classes:
         drawn = seeds == cls
-        rows, cols = np.nonzero(drawn)
-        extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
-        reach = REACH_EXTENT_SHARE * extent if extent > CLICK_EXTENT_PIXELS else CLICK_REACH_SHARE * side
-        far &= ndimage.distance_transform_edt(~drawn) > max(reach, REACH_MIN_SHARE * side)
+        components, _ = ndimage.label(drawn, structure=np.ones((3, 3), dtype=bool))
+        clicks = np.zeros_like(drawn)
+        for number, box in enumerate(ndimage.find_objects(components), start=1):
+            if max(part.stop - part.start for part in box) <= CLICK_EXTENT_PIXELS:
+                clicks[box] |= components[box] == number
+        strokes = drawn & ~clicks
+        for group, reach in ((strokes, REACH_EXTENT_SHARE * bounding_extent(strokes, spacing)),
+                             (clicks, CLICK_REACH_SHARE * side)):
+            if group.any():
+                far &= ndimage.distance_transform_edt(~group, sampling=spacing) > max(reach, REACH_MIN_SHARE * side)
     return far
 
 

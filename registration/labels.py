@@ -1,4 +1,4 @@
-"""Label volumes as class probabilities."""
+"""Label volumes as class probabilities, and the size of a drawn mask."""
 
 from __future__ import annotations
 
@@ -12,3 +12,13 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     for cls in range(num_classes):
         np.equal(labels, cls, out=out[cls])
     return out
+
+
+def bounding_extent(mask: np.ndarray, spacing: tuple[float, ...] | None = None) -> float:
+    """The longer side of the bounding box of the True pixels of ``mask`` (pixels, or mm
+    with ``spacing``, one per axis of ``mask``); 0 when nothing is True."""
+    where = np.nonzero(mask)
+    if where[0].size == 0:
+        return 0.0
+    steps = (1.0,) * len(where) if spacing is None else spacing
+    return float(max((int(w.max()) - int(w.min()) + 1) * float(d) for w, d in zip(where, steps, strict=True)))

@@ -89,6 +89,7 @@ def compute_round(
             seeds_2d,
             num_classes,
             probabilities_cyx=None if guide is None else np.take(guide, index, axis=axis + 1),
+            spacing_yx=plane_spacing(spacing_zyx, axis),
         )
         annotations.append(SliceAnnotation(axis=axis, index=index, labels=np.asarray(labels_2d)))
     proxy = propagate_to_volume(image, annotations, num_classes, spacing_zyx=spacing_zyx, settings=ROUND_PROPAGATION)
@@ -129,15 +130,22 @@ DENSE_CACHE_ENTRIES = 512
 _dense_cache = ArrayMemo(DENSE_CACHE_ENTRIES)
 
 
+def plane_spacing(spacing_zyx: tuple[float, float, float], axis: int) -> tuple[float, float]:
+    """The (row, column) pixel spacing of a plane normal to ``axis`` of a (z, y, x) volume."""
+    rows, cols = (float(d) for a, d in enumerate(spacing_zyx) if a != axis)
+    return rows, cols
+
+
 def dense_labels(
-    image_yx: np.ndarray, seeds_yx: np.ndarray, num_classes: int, probabilities_cyx: np.ndarray | None = None
+    image_yx: np.ndarray, seeds_yx: np.ndarray, num_classes: int, probabilities_cyx: np.ndarray | None = None,
+    spacing_yx: tuple[float, float] = (1.0, 1.0),
 ) -> np.ndarray:
     """``registration.dense2d.densify_slice``, memoised on the content of its inputs."""
-    key = content_digest(str(num_classes), image_yx, seeds_yx, probabilities_cyx)
+    key = content_digest(f"{num_classes} {spacing_yx[0]!r} {spacing_yx[1]!r}", image_yx, seeds_yx, probabilities_cyx)
     cached = _dense_cache.get(key)
     if cached is not None:
         return cached.copy()
-    labels = densify_slice(image_yx, seeds_yx, num_classes, probabilities_cyx=probabilities_cyx)
+    labels = densify_slice(image_yx, seeds_yx, num_classes, probabilities_cyx=probabilities_cyx, spacing_yx=spacing_yx)
     _dense_cache.put(key, labels.copy())
     return labels
 

@@ -24,6 +24,7 @@ def test_scores_every_labelled_slice_with_and_without_the_background_stroke(tmp_
         drawn[without] = [r["drawn_pixels"] for r in report["rows"]]
     assert summaries[True]["without_background"] and not summaries[False]["without_background"]
     assert summaries[True]["mode"] == summaries[False]["mode"] == mode
+    assert summaries[True]["skipped_slices"] == summaries[False]["skipped_slices"]
     # the same slices, each drawn with fewer pixels once the background stroke is left out
     assert all(a < b for a, b in zip(drawn[True], drawn[False], strict=True))
 

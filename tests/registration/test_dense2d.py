@@ -32,13 +32,16 @@ def test_two_regions_from_two_strokes():
     assert (labels[seeds != UNLABELLED] == seeds[seeds != UNLABELLED]).all()
 
 
-def test_without_background_seeds_the_border_is_background():
+def test_a_click_without_background_fills_a_structure_within_its_reach():
     # A click tells no size: it reaches 0.2 of the slice's shorter side (20 pixels here),
-    # beyond the structure's edge (semi-axes 11 and 15).
+    # beyond the structure's edge (semi-axes 11 and 15); the border and beyond are background.
     image, truth = _image_and_truth((100, 120))
-    seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
-    seeds[20, 24] = 1  # a single click
-    assert _dice(densify_slice(image, seeds, 2), truth) > 0.95
+    one = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    one[20, 24] = 1
+    assert _dice(densify_slice(image, one, 2), truth) > 0.95
+    two = one.copy()
+    two[20, 32] = 1  # a second click in the same structure fills at least as much
+    assert _dice(densify_slice(image, two, 2), truth) > 0.95
 
 
 def test_strokes_without_background_do_not_flood_the_body_around_the_structure():
@@ -64,6 +67,14 @@ def test_far_from_seeds_scales_with_each_class_stroke_and_gives_clicks_a_share_o
     assert not far[70, 40] and far[72, 40]
     assert not far[20, 80] and far[20, 79] and far[45, 100]
     assert not far_from_seeds(np.full((10, 10), UNLABELLED, dtype=np.uint8)).any()
+
+
+def test_far_from_seeds_measures_in_mm_on_a_plane_across_thick_slices():
+    seeds = np.full((20, 200), UNLABELLED, dtype=np.uint8)  # rows 5 mm apart: 100 x 200 mm
+    seeds[10, 100] = 1  # a click: reach 0.2 x 100 mm = 20 mm, 4 rows or 20 columns
+    far = far_from_seeds(seeds, spacing_yx=(5.0, 1.0))
+    assert not far[14, 100] and far[15, 100]
+    assert not far[10, 120] and far[10, 121]
 
 
 def test_model_probabilities_guide_a_flat_image():
