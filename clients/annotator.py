@@ -377,7 +377,7 @@ class SimulatedAnnotator:
         if truth.shape != tuple(image.shape_zyx):
             raise ValueError(f"truth shape {truth.shape} != image shape {tuple(image.shape_zyx)}")
         rng = np.random.default_rng([self.seed, image.id])
-        pace = np.random.default_rng([self.seed, image.id, 1])  # apart, so slice choices do not depend on it
+        pace = np.random.default_rng([self.seed, image.id, 1])  # apart from rng: the pauses change no choice
         session = self.client.open_session(image.id, takeover=takeover)
         record = AnnotationRecord(image_id=image.id, session_id=session.id)
         prediction = self._download_session_prediction(session.id)

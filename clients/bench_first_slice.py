@@ -15,13 +15,13 @@ truth is background (a flood).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import numpy as np
 
 from clients.annotator import NOTHING, corrective_scribble, mean_foreground_dice, structures_only
+from clients.bench_rounds import print_and_write
 from learner.data import case_paths, load_case
 from learner.metrics import dice_per_class
 from registration.dense2d import densify_slice
@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": time.perf_counter() - started,
         "cpu": platform.processor() or platform.machine(),
     }
-    print(json.dumps(summary, indent=1))
-    if options.out:
-        with open(options.out, "w", encoding="utf-8") as handle:
-            json.dump({"summary": summary, "rows": rows}, handle, indent=1)
+    print_and_write(summary, rows, options.out)
 
 
 if __name__ == "__main__":

@@ -169,9 +169,14 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"model": options.checkpoint or options.model, "validation_dice": validation_dice,
                "policy": options.policy, "rounds": options.rounds,
                "first_without_background": options.first_without_background, **summarize(rows)}
+    print_and_write(summary, rows, options.out)
+
+
+def print_and_write(summary: dict, rows: list[dict], out: str | None) -> None:
+    """Print a benchmark's summary; write it and its rows as JSON to ``out`` when given."""
     print(json.dumps(summary, indent=1))
-    if options.out:
-        with open(options.out, "w", encoding="utf-8") as handle:
+    if out:
+        with open(out, "w", encoding="utf-8") as handle:
             json.dump({"summary": summary, "rows": rows}, handle, indent=1)
 
 
