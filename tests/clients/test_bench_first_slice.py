@@ -32,3 +32,4 @@ def test_scores_every_labelled_slice_with_and_without_the_background_stroke(tmp_
 def test_a_directory_without_volumes_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match=str(tmp_path)):
         main(["--data", str(tmp_path), "--out", str(tmp_path / "x.json")])
+
