@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 from clients.annotator import mean_foreground_dice
-from clients.bench_rounds import print_and_write
-from learner.data import case_paths, load_case
+from clients.bench_rounds import data_paths, print_and_write
+from learner.data import load_case
 from learner.metrics import dice_per_class
 from registration.round import atlas_probabilities
 
@@ -32,10 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="the first N volumes of the stream (default: all)")
     parser.add_argument("--out", help="write the rows and the summary as JSON here")
     options = parser.parse_args(argv)
-    try:
-        paths = case_paths(options.data)[: options.limit]
-    except ValueError as error:  # not a data directory: the message names the problem
-        raise SystemExit(str(error)) from None
+    paths = data_paths(options.data, options.limit)
     if len(paths) < 2:
         raise SystemExit(f"{options.data}: need at least two labelled volumes")
     rows = []

@@ -21,11 +21,12 @@ import time
 import numpy as np
 
 from clients.annotator import NOTHING, corrective_scribble, mean_foreground_dice, structures_only
-from clients.bench_rounds import print_and_write
-from learner.data import case_paths, load_case
+from clients.bench_rounds import data_paths, print_and_write
+from learner.data import load_case
 from learner.metrics import dice_per_class
 from registration.dense2d import densify_slice
 from registration.io.volume import UNLABELLED
+from registration.round import plane_spacing
 
 
 def score_first_slices(
@@ -47,7 +48,7 @@ def score_first_slices(
             continue
         if without_background:
             drawing = structures
-        labels = densify_slice(image_zyx[z], drawing, num_classes, spacing_yx=tuple(spacing_zyx[1:]))
+        labels = densify_slice(image_zyx[z], drawing, num_classes, spacing_yx=plane_spacing(spacing_zyx, 0))
         dice = dice_per_class(labels[None], truth[None], num_classes)
         shown = {c: d for c, d in dice.items() if (truth == c).any()}
         rows.append({
@@ -69,11 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     rows, skipped = [], 0
     started = time.perf_counter()
-    try:
-        cases = case_paths(options.data)[: options.limit]
-    except ValueError as error:  # not a data directory: the message names the problem
-        raise SystemExit(str(error)) from None
-    for image_path, label_path in cases:
+    for image_path, label_path in data_paths(options.data, options.limit):
         case = load_case(image_path, label_path)
         if case.label is None:
             raise SystemExit(f"{case.name}: no labels to score against")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -170,6 +171,15 @@ def main(argv: list[str] | None = None) -> None:
                "policy": options.policy, "rounds": options.rounds,
                "first_without_background": options.first_without_background, **summarize(rows)}
     print_and_write(summary, rows, options.out)
+
+
+def data_paths(directory: str, limit: int | None) -> list[tuple[Path, Path | None]]:
+    """The first ``limit`` (image, label) paths of ``directory``; a directory that holds none
+    ends the benchmark with the message that names the problem."""
+    try:
+        return case_paths(directory)[:limit]
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def print_and_write(summary: dict, rows: list[dict], out: str | None) -> None:
