@@ -1,10 +1,11 @@
 """`python -m clients.bench_atlas`: how good an opening the atlas proxy gives along a stream, without a server.
 
 Before a project's first trained model, a session opens with the latest accepted image's
-labels carried onto the new image by registration (``registration.round.atlas_probabilities``,
-``server.services.predictions``). For each volume of a data directory after the first, in
+labels carried onto the new image by registration (``registration.round.atlas_opening``,
+``server.services.predictions``), and later too when the atlas is expected to beat the model
+(``registration.opening_choice``, which weighs the images' similarity after registration). For each volume of a data directory after the first, in
 stream order, this carries the previous volume's ground truth onto it and scores the argmax
-against its own truth (mean foreground Dice). Accepted labels are not the truth, so this is
+against its own truth (mean foreground Dice), with the registration similarity. Accepted labels are not the truth, so this is
 an upper bound of what the server's atlas opening gives; compare it with the opening Dice of
 the model versions in a stream benchmark's JSON.
 
@@ -23,7 +24,7 @@ from clients.annotator import mean_foreground_dice
 from clients.bench_rounds import data_paths, print_and_write
 from learner.data import load_case
 from learner.metrics import dice_per_class
-from registration.round import atlas_probabilities
+from registration.round import atlas_opening
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,13 +46,13 @@ def main(argv: list[str] | None = None) -> None:
         truth = np.asarray(case.label, dtype=np.int64)
         num_classes = max(int(truth.max()), int(np.max(previous.label))) + 1
         began = time.perf_counter()
-        probabilities = atlas_probabilities(previous.image, np.asarray(previous.label, dtype=np.int64), case.image,
-                                            num_classes)
+        carried = atlas_opening(previous.image, np.asarray(previous.label, dtype=np.int64), case.image, num_classes)
         seconds = time.perf_counter() - began
-        dice = dice_per_class(probabilities.argmax(axis=0), truth, num_classes)
+        dice = dice_per_class(carried.probabilities.argmax(axis=0), truth, num_classes)
         rows.append({"case": case.name, "atlas": previous.name, "dice": mean_foreground_dice(dice),
-                     "seconds": seconds})
-        print(f"{case.name} from {previous.name}: Dice {rows[-1]['dice']:.3f} ({seconds:.1f} s)", flush=True)
+                     "similarity": carried.similarity, "seconds": seconds})
+        print(f"{case.name} from {previous.name}: Dice {rows[-1]['dice']:.3f}, similarity "
+              f"{carried.similarity:.3f} ({seconds:.1f} s)", flush=True)
         previous = case
     summary = {
         "data": options.data,

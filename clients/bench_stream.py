@@ -312,6 +312,9 @@ def annotate_image(
         "session_id": session_id,
         "opening_dice": mean_dice(opening, item.truth, num_classes),
         "opening_model_version": session.model_version,
+        "opening_source": session.prediction_source,
+        # both openings' Dice against the accepted label, when the server computed both
+        "opening_scores": accepted.session.opening_scores,
         "rounds": rounds,
         "final_dice": final_dice,
         "reached_target": final_dice >= options.target_dice,
@@ -552,6 +555,8 @@ def summarize(volumes: list[dict], extra: dict) -> dict:
         "rounds_with_job": len(with_job),
         "rounds_without_job": len(without_job),
         "annotation_to_model_p50_s": sm.percentile(to_model, 50),
+        "mean_opening_dice": sm.mean(v["opening_dice"] for v in volumes),
+        "atlas_openings": sum(v.get("opening_source") == "atlas" for v in volumes),
         **extra,
     })
     return summary

@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("id", type=int)
     download.add_argument("name", nargs="?", default="segmentation",
                           help="round: segmentation|residual|scribble|input|proxy|confidence; "
-                               "session: prediction|uncertainty")
+                               "session: prediction|uncertainty|alternative")
     download.add_argument("--output", "-o", required=True)
     download.set_defaults(run=cmd_download)
 

@@ -255,7 +255,8 @@ class ScribbleflowClient:
         return self._download(f"{API}/rounds/{round_id}/{name}", destination)
 
     def download_session_file(self, session_id: int, name: str, destination: str | os.PathLike) -> Path:
-        """name: prediction or uncertainty (at the session's opening)."""
+        """name: prediction or uncertainty (at the session's opening), or alternative (the
+        opening not shown, when the server computed both the model's and the atlas's)."""
         return self._download(f"{API}/sessions/{session_id}/{name}", destination)
 
     # --- models and jobs ----------------------------------------------------------------------

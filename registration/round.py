@@ -166,10 +166,19 @@ def opening_suggestion(
     return suggest_opening(probabilities, reliability, axis=axis, spacing_zyx=spacing_zyx)
 
 
-def atlas_probabilities(atlas: Volume, atlas_labels: np.ndarray, image: Volume, num_classes: int) -> np.ndarray:
-    """Cold start: an accepted earlier volume's labels carried onto this one (C, z, y, x)."""
+@dataclass
+class AtlasOpening:
+    """An accepted earlier volume's labels carried onto a new one: ``probabilities`` float32
+    (C, z, y, x) and ``similarity`` of the two images after registration (−1..1)."""
+
+    probabilities: np.ndarray
+    similarity: float
+
+
+def atlas_opening(atlas: Volume, atlas_labels: np.ndarray, image: Volume, num_classes: int) -> AtlasOpening:
+    """The atlas proxy of ``image`` from an accepted earlier volume and its labels."""
     proxy = propagate_from_atlas(
         atlas.array, atlas_labels, image.array, num_classes,
         atlas_spacing_zyx=atlas.spacing_zyx, spacing_zyx=image.spacing_zyx,
     )
-    return np.asarray(proxy.probabilities, dtype=np.float32)
+    return AtlasOpening(np.asarray(proxy.probabilities, dtype=np.float32), proxy.similarity)

@@ -269,6 +269,10 @@ class SessionOut(BaseModel):
     lease_expires_at: datetime
     model_version: int | None
     prediction_source: str = Field(description="model | atlas | none")
+    opening_scores: dict[str, float] | None = Field(
+        None, description="When the model's and the atlas's openings were both computed: the atlas's "
+        "registration similarity (-1..1) and, once accepted, each opening's mean foreground Dice "
+        "against the accepted label (model_dice, atlas_dice).")
     label_counts: dict[str, int]
     suggestion: Suggestion | None
     current_round: RoundOut | None

@@ -110,6 +110,20 @@ def nifti_file(volume, name: str = "case.nii.gz", array=None):
 TINY_CHANNELS = (4, 8, 16, 32, 64)
 
 
+def checkpoint_bytes(tmp_path: Path, num_classes: int, size: int = 32, channels=(4, 8)) -> bytes:
+    """An offline checkpoint file's content (random weights, seed 1) to import into a project."""
+    import torch
+
+    from learner.checkpoints import save_checkpoint
+    from learner.networks import build_network
+
+    config = NetworkConfig(num_classes=num_classes, channels=channels)
+    torch.manual_seed(1)
+    path = save_checkpoint(tmp_path / f"offline-{num_classes}.pt", build_network(config), config,
+                           {"size": size, "method": "pce"})
+    return path.read_bytes()
+
+
 def tiny_config(num_classes: int = 2) -> NetworkConfig:
     return NetworkConfig(num_classes=num_classes, channels=TINY_CHANNELS, deep_supervision=False)
 

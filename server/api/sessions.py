@@ -97,7 +97,7 @@ def close(session_id: int, ctx: Ctx, db: Db, user: CurrentUser) -> schemas.Sessi
 
 
 @router.get("/sessions/{session_id}/{name}", response_class=FileResponse,
-            summary="Download the prediction or uncertainty map at open (NIfTI)")
+            summary="Download the prediction, the uncertainty map or the alternative opening (NIfTI)")
 def session_file(session_id: int, name: str, ctx: Ctx, db: Db, _user: CurrentUser) -> FileResponse:
     session = sessions.get_session(db, session_id)
     end_transaction(db)

@@ -35,7 +35,8 @@ ROUND_INPUT_JSON = "input.json"  # the request as received (or a labelmap's summ
 SESSION_FILES = {
     "prediction": "prediction.nii.gz",  # labels predicted at open
     "uncertainty": "uncertainty.nii.gz",  # float32 [0, 1]
-    "atlas_probabilities": "atlas_probabilities.npz",  # cold start only
+    "atlas_probabilities": "atlas_probabilities.npz",  # when the atlas opened the session
+    "alternative": "alternative_prediction.nii.gz",  # labels of the opening not shown, scored at accept
 }
 # Files of an accepted folder.
 ACCEPTED_LABEL = "label.nii.gz"

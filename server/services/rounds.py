@@ -28,7 +28,7 @@ from server.context import AppContext
 from server.errors import Conflict, NotFound
 from server.services import audit, history, images, interactions, leases, projects
 from server.services.idempotency import keyed_round
-from server.services.predictions import Prediction, predict
+from server.services.predictions import Prediction, round_prediction
 from server.services.records import (
     ROUND_FILES,
     ROUND_INPUT_JSON,
@@ -144,13 +144,9 @@ def _begin(ctx: AppContext, db: Session, session: AnnotationSession) -> RoundSub
 
 
 def _round_prediction(ctx: AppContext, submission: RoundSubmission) -> Prediction:
-    atlas_file = None
-    if submission.session.prediction_source == "atlas":
-        atlas_file = ctx.datastore.resolve(submission.session.dir) / SESSION_FILES["atlas_probabilities"]
-    # The version the session opened with: its prediction of this image is cached, while a
-    # newer version (promoted since) would cost a whole-volume prediction inside the round.
-    version = submission.session.model_version if submission.session.prediction_source == "model" else None
-    return predict(ctx, submission.project, submission.image, submission.volume, None, atlas_file, version)
+    atlas_file = ctx.datastore.resolve(submission.session.dir) / SESSION_FILES["atlas_probabilities"]
+    return round_prediction(ctx, submission.project, submission.image, submission.volume, submission.session,
+                            atlas_file)
 
 
 def _store(ctx: AppContext, db: Session, principal: Principal, submission: RoundSubmission) -> Round:

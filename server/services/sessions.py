@@ -1,10 +1,10 @@
 """Annotation sessions on an image: open (with a lease, see ``leases``), accept, close.
 
-Opening predicts the image (the serving model, or an atlas proxy before any trained
-model: ``predictions``), stores the prediction, its uncertainty and where to start in a
-fresh session folder, and closes the image's other open sessions (taken over or expired).
-Accepting makes the current segmentation the image's label, scores every active round
-against it, and queues a training job. Rounds and undo are in ``rounds``.
+Opening predicts the image (the serving model or an atlas proxy: ``predictions``), stores the
+prediction, its uncertainty and where to start in a fresh session folder, and closes the
+image's other open sessions (taken over or expired). Accepting makes the current segmentation
+the image's label, scores every active round and both openings against it, and queues a
+training job. Rounds and undo are in ``rounds``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,19 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from learner.metrics import dice_per_class
+from registration.io.volume import Volume
 from registration.round import opening_suggestion, uncertainty_map
 from server.auth import Principal
 from server.context import AppContext
 from server.errors import Conflict, NotFound
 from server.services import audit, history, images, leases, projects
-from server.services.predictions import Prediction, latest_accepted, predict
+from server.services.predictions import (
+    Opening,
+    Prediction,
+    latest_accepted,
+    open_prediction,
+    opening_history,
+)
 from server.services.records import (
     ACCEPTED_JSON,
     ACCEPTED_LABEL,
@@ -52,17 +59,14 @@ def open_session(
         return own
     project = projects.get_project(db, image.project_id)
     atlas = latest_accepted(db, project.id, image.id)
+    history = opening_history(db, project.id)
     db.commit()  # no transaction stays open during the computation
 
     volume = images.load_volume(ctx.datastore, image)
     with staged_record(ctx.datastore, db, image, "sessions") as folder:
-        prediction = predict(ctx, project, image, volume, atlas, None)
-        labels = prediction.probabilities.argmax(axis=0).astype(np.uint8)
-        uncertainty = uncertainty_map(prediction.probabilities)
-        ctx.datastore.write_volume(folder / SESSION_FILES["prediction"], volume, labels)
-        ctx.datastore.write_volume(folder / SESSION_FILES["uncertainty"], volume, uncertainty)
-        if prediction.source == "atlas":
-            write_probabilities(folder / SESSION_FILES["atlas_probabilities"], prediction.probabilities)
+        opening = open_prediction(ctx, project, image, volume, atlas, history)
+        prediction = opening.served
+        labels = _write_opening(ctx.datastore, folder, volume, opening)
         opened = AnnotationSession(
             holder=principal.owner,
             token_id=principal.token_id,
@@ -75,11 +79,26 @@ def open_session(
                 opening_suggestion(prediction.probabilities, prediction.validation_dice, volume.spacing_zyx),
                 volume,
             ),
+            opening_scores=None if opening.similarity is None else {"similarity": opening.similarity},
         )
         # The image lock orders this with rounds (session row, then image row) on PostgreSQL.
         with ctx.image_locks(image.id):
             _insert_session(ctx, db, principal, project, image.id, opened, prediction, takeover)
     return opened
+
+
+def _write_opening(store: DataStore, folder: Path, volume: Volume, opening: Opening) -> np.ndarray:
+    """Writes the served opening's labels (returned) and uncertainty; the atlas's probabilities
+    when it serves (the rounds fuse with them); the other opening's labels when computed."""
+    served = opening.served
+    labels = served.probabilities.argmax(axis=0).astype(np.uint8)
+    store.write_volume(folder / SESSION_FILES["prediction"], volume, labels)
+    store.write_volume(folder / SESSION_FILES["uncertainty"], volume, uncertainty_map(served.probabilities))
+    if served.source == "atlas":
+        write_probabilities(folder / SESSION_FILES["atlas_probabilities"], served.probabilities)
+    if opening.alternative_labels is not None:
+        store.write_volume(folder / SESSION_FILES["alternative"], volume, opening.alternative_labels)
+    return labels
 
 
 def _insert_session(
@@ -133,11 +152,12 @@ def accept(
             # Scored before the write transaction below (on SQLite it holds the database's
             # write lock; the image lock keeps the rounds as they are).
             round_dice = _round_dice(store, active_rounds, label, projects.label_names(project))
+            opening_scores = _scored_openings(store, session, label, len(project.labels))
             session = leases.held(ctx, db, principal, session)
             if history.round_id(history.active_round(db, image.id)) != history.round_id(current):
                 raise Conflict(f"image {image.id} changed while accepting; accept again")
             image = _mark_accepted(db, principal, session, project, image.id, current, label,
-                                   store.relative(label_path), round_dice)
+                                   store.relative(label_path), round_dice, opening_scores)
         files = {"accepted_label": label_path}
         if current is not None:  # the user's own strokes stay hard labels for the scribble loss
             files["scribble"] = store.resolve(f"{current.dir}/{ROUND_FILES['scribble']}")
@@ -160,12 +180,31 @@ def _round_dice(
     return round_dice
 
 
+def _scored_openings(
+    store: DataStore, session: AnnotationSession, label: np.ndarray, num_classes: int
+) -> dict[str, float] | None:
+    """The session's ``opening_scores`` with both openings' mean foreground Dice against the
+    accepted ``label``; None when only one opening was computed."""
+    scores = session.opening_scores or {}
+    alternative = f"{session.dir}/{SESSION_FILES['alternative']}"
+    if "similarity" not in scores or not store.resolve(alternative).exists():
+        return None
+    other = "model" if session.prediction_source == "atlas" else "atlas"
+    dice = {}
+    for source, path in ((session.prediction_source, f"{session.dir}/{SESSION_FILES['prediction']}"),
+                         (other, alternative)):
+        per_class = dice_per_class(store.read_volume(path).array.astype(np.int64), label, num_classes)
+        dice[f"{source}_dice"] = float(np.mean(list(per_class.values())))
+    return {"similarity": float(scores["similarity"]), **dice}
+
+
 def _mark_accepted(
     db: Session, principal: Principal, session: AnnotationSession, project: Project, image_id: int,
     current: Round | None, label: np.ndarray, label_path: str, round_dice: dict[int, dict[str, float]],
+    opening_scores: dict[str, float] | None,
 ) -> Image:
-    """The image's accepted label and the session's end, the rounds' Dice against the label
-    (``round_dice``), and the audit event; commits."""
+    """The image's accepted label and the session's end, the rounds' and the openings' Dice
+    against the label (``round_dice``, ``opening_scores``), and the audit event; commits."""
     image = db.get(Image, image_id)
     now = utcnow()
     image.status = "accepted"
@@ -175,6 +214,8 @@ def _mark_accepted(
     image.accepted_by = principal.owner
     session.state = "accepted"
     session.closed_at = now
+    if opening_scores is not None:
+        session.opening_scores = opening_scores
     names = projects.label_names(project)
     for row in history.list_rounds(db, image.id):
         if row.id in round_dice:
@@ -196,8 +237,12 @@ def close(ctx: AppContext, db: Session, principal: Principal, session: Annotatio
 
 
 def session_file(ctx: AppContext, session: AnnotationSession, name: str) -> Path:
-    if name not in ("prediction", "uncertainty"):
+    """prediction, uncertainty, or alternative (the opening not shown, when both were computed)."""
+    if name not in ("prediction", "uncertainty", "alternative"):
         raise NotFound(f"sessions have no file {name!r}")
-    return ctx.datastore.resolve(f"{session.dir}/{SESSION_FILES[name]}")
+    path = ctx.datastore.resolve(f"{session.dir}/{SESSION_FILES[name]}")
+    if name == "alternative" and not path.exists():
+        raise NotFound(f"session {session.id} computed one opening only; it has no alternative")
+    return path
 
 

@@ -130,6 +130,9 @@ class AnnotationSession(Base):
     dir: Mapped[str] = mapped_column(String(500))  # prediction + uncertainty files at open
     label_counts: Mapped[dict[str, int]] = mapped_column(JSON)
     suggestion: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # When both openings were computed: the atlas's registration similarity, and at accept the
+    # mean foreground Dice of each opening against the accepted label (``predictions``).
+    opening_scores: Mapped[dict[str, float] | None] = mapped_column(JSON)
 
 
 class Round(Base):

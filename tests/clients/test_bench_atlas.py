@@ -16,6 +16,7 @@ def test_atlas_bench_carries_each_volume_onto_the_next(tmp_path):
     bench_atlas.main(["--data", str(data), "--out", str(out)])
     report = json.loads(out.read_text())
     assert [r["atlas"] for r in report["rows"]] == ["case000", "case001"]
-    assert all(0.0 <= r["dice"] <= 1.0 for r in report["rows"]) and report["summary"]["volumes"] == 2
+    assert all(0.0 <= r["dice"] <= 1.0 and -1.0 <= r["similarity"] <= 1.0 for r in report["rows"])
+    assert report["summary"]["volumes"] == 2
     with pytest.raises(SystemExit, match="two"):
         bench_atlas.main(["--data", str(data), "--limit", "1"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from registration.atlas import ATLAS_CONFIDENCE, propagate_from_atlas
+from registration.atlas import ATLAS_CONFIDENCE, propagate_from_atlas, registered_correlation
 from registration.synthetic import synthetic_volume
 
 
@@ -21,3 +21,26 @@ def test_atlas_labels_follow_a_shifted_copy():
         score = 2.0 * np.count_nonzero(p & t) / (p.sum() + t.sum())
         assert score > 0.9 and score > unregistered + 0.2
     np.testing.assert_allclose(proxy.confidence, ATLAS_CONFIDENCE)
+
+
+def test_similarity_tells_a_registered_copy_from_another_image():
+    """Non-cubic volumes; the copy is shifted, the other image is smooth noise."""
+    from scipy.ndimage import gaussian_filter
+
+    atlas = synthetic_volume((20, 48, 40), num_classes=3, seed=1)
+    copy = np.roll(atlas.image, (1, 4, -3), axis=(0, 1, 2))
+    other = gaussian_filter(np.random.default_rng(7).random((20, 48, 40)), 2.0).astype(np.float32)
+    alike = propagate_from_atlas(atlas.image, atlas.labels, copy, 3).similarity
+    unlike = propagate_from_atlas(atlas.image, atlas.labels, other, 3).similarity
+    assert alike > 0.8 and unlike < alike - 0.2, (alike, unlike)
+
+
+def test_registered_correlation_needs_an_overlap():
+    rng = np.random.default_rng(0)
+    image = rng.random((4, 16, 12))
+    covered = np.zeros(image.shape, dtype=bool)
+    covered[0, :4, :4] = True  # 16 voxels: fewer than MIN_OVERLAP_VOXELS
+    assert registered_correlation(image, image, covered) == 0.0
+    covered[:] = True
+    assert abs(registered_correlation(image, image, covered) - 1.0) < 1e-9
+    assert registered_correlation(image, -image, covered) < -0.999

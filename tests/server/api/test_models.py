@@ -6,16 +6,7 @@ import io
 
 import torch
 
-from learner.checkpoints import save_checkpoint
-from learner.networks import NetworkConfig, build_network
-
-
-def _checkpoint_bytes(tmp_path, num_classes: int, size: int = 32, channels=(4, 8)) -> bytes:
-    config = NetworkConfig(num_classes=num_classes, channels=channels)
-    torch.manual_seed(1)
-    path = save_checkpoint(tmp_path / f"offline-{num_classes}.pt", build_network(config), config,
-                           {"size": size, "method": "pce"})
-    return path.read_bytes()
+from tests.helpers import checkpoint_bytes as _checkpoint_bytes
 
 
 def test_new_project_serves_version_zero(client, project, annotator_headers):

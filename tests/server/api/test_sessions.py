@@ -388,6 +388,62 @@ def test_cold_start_proposes_an_atlas_from_an_accepted_image(
     assert round_.status_code == 201 and round_.json()["prediction_source"] == "atlas"
 
 
+def test_a_trained_project_opens_a_look_alike_with_the_atlas_and_scores_both_openings(
+    app, client, project, uploaded_image, admin_headers, annotator_headers, volume_and_label, tmp_path
+):
+    """With a trained (imported) model that nothing has measured, an image much like the latest
+    accepted one opens with the atlas; the model's opening is kept as the alternative, and the
+    accept scores both against the label; the next choice reads those scores."""
+    from learner.metrics import dice_per_class
+    from registration.opening_choice import OpeningScore
+    from server.services.predictions import opening_history
+    from tests.helpers import checkpoint_bytes, nifti_file, synthetic_volume
+
+    volume, label = volume_and_label
+    imported = client.post(f"{API}/projects/{project['id']}/models/import",
+                           files={"file": ("offline.pt", io.BytesIO(checkpoint_bytes(tmp_path, 3)))},
+                           headers=admin_headers)
+    assert imported.status_code == 201, imported.text
+    # Validation images train nothing, so the imported version keeps serving.
+    client.patch(f"{API}/images/{uploaded_image['id']}", json={"is_validation": True}, headers=admin_headers)
+    first = open_session(client, uploaded_image, annotator_headers).json()
+    assert first["prediction_source"] == "model" and first["opening_scores"] is None  # no atlas yet
+    assert "alternative" not in first["links"]
+    missing = client.get(f"{API}/sessions/{first['id']}/alternative", headers=annotator_headers)
+    assert missing.status_code == 404 and "no alternative" in missing.json()["detail"]
+    client.post(f"{API}/sessions/{first['id']}/rounds/labelmap",
+                files={"file": ("truth.nii.gz", io.BytesIO(volume_bytes(volume, array=label)))},
+                headers=annotator_headers)
+    assert client.post(f"{API}/sessions/{first['id']}/accept", headers=annotator_headers).status_code == 200
+
+    look_alike, look_alike_label = synthetic_volume(seed=11)
+    second = client.post(f"{API}/projects/{project['id']}/images", files=nifti_file(look_alike),
+                         headers=annotator_headers).json()
+    client.patch(f"{API}/images/{second['id']}", json={"is_validation": True}, headers=admin_headers)
+    opened = open_session(client, second, annotator_headers).json()
+    assert opened["prediction_source"] == "atlas" and opened["model_version"] is None
+    similarity = opened["opening_scores"]["similarity"]
+    assert similarity > 0.8, opened["opening_scores"]
+    model_opening = download_volume(client, opened["links"]["alternative"], annotator_headers, tmp_path, "m.nii.gz")
+    assert model_opening.shape_zyx == look_alike.shape_zyx
+    round_ = client.post(f"{API}/sessions/{opened['id']}/rounds", json=stroke_round(look_alike_label, 3),
+                         headers=annotator_headers)
+    assert round_.status_code == 201 and round_.json()["prediction_source"] == "atlas"
+
+    # Accepting the truth as the label: each opening's Dice against it.
+    client.post(f"{API}/sessions/{opened['id']}/rounds/labelmap",
+                files={"file": ("truth.nii.gz", io.BytesIO(volume_bytes(look_alike, array=look_alike_label)))},
+                headers=annotator_headers)
+    accepted = client.post(f"{API}/sessions/{opened['id']}/accept", headers=annotator_headers).json()
+    scores = accepted["session"]["opening_scores"]
+    model_dice = dice_per_class(model_opening.array.astype(np.int64), look_alike_label.astype(np.int64), 3)
+    assert scores["model_dice"] == pytest.approx(np.mean(list(model_dice.values())))
+    assert scores["atlas_dice"] > 0.8 and scores["atlas_dice"] > scores["model_dice"], scores
+    with app.state.context.session_factory() as db:
+        history = opening_history(db, project["id"])
+    assert history == [OpeningScore(similarity, scores["model_dice"], scores["atlas_dice"])]
+
+
 def test_round_one_keeps_the_opening_where_the_user_draws_nothing(app, client, open_session_id, annotator_headers,
                                                                   volume_and_label, tmp_path):
     """A user corrects what the session opened with: a short stroke inside the disc on a slice

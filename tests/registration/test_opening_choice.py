@@ -1,0 +1,50 @@
+"""The choice between a trained model's opening and the atlas's (``registration.opening_choice``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from registration.opening_choice import (
+    RETIRE_AFTER,
+    OpeningScore,
+    atlas_retired,
+    expected_atlas_dice,
+    expected_model_dice,
+    prefer_atlas,
+)
+
+# Two frames of one patient register well (similarity ~0.97) and the atlas scores ~0.8; two
+# patients do not (~0.3) and it scores ~0.1; the young model scores 0.5 on either.
+ONE_PATIENT = OpeningScore(similarity=0.97, model_dice=0.5, atlas_dice=0.8)
+TWO_PATIENTS = OpeningScore(similarity=0.3, model_dice=0.5, atlas_dice=0.1)
+
+
+def test_without_history_the_atlas_competes_with_the_models_validation_dice():
+    assert prefer_atlas([], similarity=0.8, validation_dice=None)  # an unmeasured model counts 0
+    assert prefer_atlas([], similarity=0.8, validation_dice=0.7)
+    assert not prefer_atlas([], similarity=0.8, validation_dice=0.85)
+    assert not prefer_atlas([], similarity=-0.2, validation_dice=None)  # 0 against 0: the model
+
+
+def test_the_atlas_is_judged_by_images_as_similar_and_the_model_by_recent_ones():
+    history = [TWO_PATIENTS, ONE_PATIENT, TWO_PATIENTS, ONE_PATIENT]
+    assert prefer_atlas(history, similarity=0.96, validation_dice=None)
+    assert not prefer_atlas(history, similarity=0.32, validation_dice=None)
+    # Close to the similar images the estimate follows them, not the optimistic prior.
+    assert expected_atlas_dice(history, 0.3) == pytest.approx(0.1, abs=0.07)
+    assert expected_atlas_dice(history, 0.97) == pytest.approx(0.8, abs=0.07)
+
+
+def test_a_model_that_has_grown_wins_even_where_the_atlas_is_good():
+    grown = [OpeningScore(0.97, 0.9, 0.8), OpeningScore(0.3, 0.88, 0.1), OpeningScore(0.96, 0.91, 0.78)]
+    assert expected_model_dice([ONE_PATIENT, ONE_PATIENT, *grown], None) == pytest.approx((0.9 + 0.88 + 0.91) / 3)
+    assert not prefer_atlas([ONE_PATIENT, ONE_PATIENT, *grown], similarity=0.97, validation_dice=None)
+
+
+def test_the_atlas_retires_after_losing_on_each_of_the_last_images():
+    lost = OpeningScore(0.7, 0.8, 0.6)
+    won = OpeningScore(0.7, 0.6, 0.8)
+    assert not atlas_retired([lost] * (RETIRE_AFTER - 1))
+    assert atlas_retired([won] + [lost] * RETIRE_AFTER)
+    assert not atlas_retired([lost] * RETIRE_AFTER + [won])
+    assert not atlas_retired([lost] * (RETIRE_AFTER - 1) + [won] + [lost] * (RETIRE_AFTER - 1))
