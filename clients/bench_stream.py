@@ -260,6 +260,8 @@ def annotate_image(
     # Server-side rounds (effort as the server counted it, suggestion, model version).
     rounds_out = {r.id: r for r in client.image_rounds(image.id)}
     opening = _download_array(client, "session", session_id, "prediction", folder)
+    alternative = (_download_array(client, "session", session_id, "alternative", folder)
+                   if "alternative" in session.links else None)
     suggestion_before = session.suggestion
     segmentation_before = opening
     drawn: set[tuple[int, int]] = set()
@@ -313,7 +315,9 @@ def annotate_image(
         "opening_dice": mean_dice(opening, item.truth, num_classes),
         "opening_model_version": session.model_version,
         "opening_source": session.prediction_source,
-        # both openings' Dice against the accepted label, when the server computed both
+        # when the server computed both the model's and the atlas's: the other one against the
+        # truth, and what the server scored (against the accepted label)
+        "alternative_dice": None if alternative is None else mean_dice(alternative, item.truth, num_classes),
         "opening_scores": accepted.session.opening_scores,
         "rounds": rounds,
         "final_dice": final_dice,
@@ -538,6 +542,7 @@ def summarize(volumes: list[dict], extra: dict) -> dict:
         "forgetting": extra.pop("forgetting", None),
     }
     first_stroke, last_stroke = sm.thirds([v["effort"]["stroke_voxels"] for v in volumes])
+    paired = [v for v in volumes if v.get("alternative_dice") is not None]
     summary.update({
         "reached_target_fraction": summary["reached_target"] / len(volumes) if volumes else None,
         "rounds": len(rounds),
@@ -557,6 +562,10 @@ def summarize(volumes: list[dict], extra: dict) -> dict:
         "annotation_to_model_p50_s": sm.percentile(to_model, 50),
         "mean_opening_dice": sm.mean(v["opening_dice"] for v in volumes),
         "atlas_openings": sum(v.get("opening_source") == "atlas" for v in volumes),
+        # of the volumes with both openings: how often the one shown was the better (against the truth)
+        "openings_with_alternative": len(paired),
+        "better_opening_shown": sum(v["opening_dice"] >= v["alternative_dice"] for v in paired),
+        "mean_better_opening_dice": sm.mean(max(v["opening_dice"], v["alternative_dice"]) for v in paired),
         **extra,
     })
     return summary

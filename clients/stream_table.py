@@ -17,6 +17,8 @@ EXTRA_KEYS = (
     "random_slice_error_voxels_mean", "round_latency_with_job_p50_s", "round_latency_with_job_p95_s",
     "round_latency_without_job_p50_s", "round_latency_without_job_p95_s", "rounds_with_job", "rounds_without_job",
     "gate_errors", "gate_missed_improvements", "model_versions", "online_steps_serving_lineage",
+    "mean_opening_dice", "atlas_openings", "openings_with_alternative", "better_opening_shown",
+    "mean_better_opening_dice",
 )
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from registration.atlas import propagate_from_atlas
+from registration.atlas import AtlasProxy, propagate_from_atlas
 from registration.corrections import seeds_with_previous_answer
 from registration.dense2d import densify_slice
 from registration.fusion import fuse_with_model, model_reliability, normalized_entropy
@@ -166,19 +166,10 @@ def opening_suggestion(
     return suggest_opening(probabilities, reliability, axis=axis, spacing_zyx=spacing_zyx)
 
 
-@dataclass
-class AtlasOpening:
-    """An accepted earlier volume's labels carried onto a new one: ``probabilities`` float32
-    (C, z, y, x) and ``similarity`` of the two images after registration (−1..1)."""
-
-    probabilities: np.ndarray
-    similarity: float
-
-
-def atlas_opening(atlas: Volume, atlas_labels: np.ndarray, image: Volume, num_classes: int) -> AtlasOpening:
-    """The atlas proxy of ``image`` from an accepted earlier volume and its labels."""
-    proxy = propagate_from_atlas(
+def atlas_opening(atlas: Volume, atlas_labels: np.ndarray, image: Volume, num_classes: int) -> AtlasProxy:
+    """The atlas proxy of ``image`` from an accepted earlier volume and its labels (its
+    probabilities float32 (C, z, y, x) and the images' similarity after registration)."""
+    return propagate_from_atlas(
         atlas.array, atlas_labels, image.array, num_classes,
         atlas_spacing_zyx=atlas.spacing_zyx, spacing_zyx=image.spacing_zyx,
     )
-    return AtlasOpening(np.asarray(proxy.probabilities, dtype=np.float32), proxy.similarity)

@@ -259,6 +259,10 @@ class SessionOpen(BaseModel):
     takeover: bool = Field(False, description="Take the image over from another annotator's lease.")
 
 
+#: What ``SessionOut.opening_scores`` shows of a session's scored openings.
+OPENING_SCORE_KEYS = ("similarity", "model_dice", "atlas_dice")
+
+
 class SessionOut(BaseModel):
     id: int
     image_id: int
@@ -270,9 +274,12 @@ class SessionOut(BaseModel):
     model_version: int | None
     prediction_source: str = Field(description="model | atlas | none")
     opening_scores: dict[str, float] | None = Field(
-        None, description="When the model's and the atlas's openings were both computed: the atlas's "
-        "registration similarity (-1..1) and, once accepted, each opening's mean foreground Dice "
-        "against the accepted label (model_dice, atlas_dice).")
+        None, description="When the image's openings are scored (its first session): the atlas's "
+        "registration similarity (-1..1) when the atlas was computed and, once accepted, the mean "
+        "foreground Dice against the accepted label of each opening computed (model_dice, atlas_dice).")
+    opening_dice: float | None = Field(
+        None, description="Once accepted: the mean foreground Dice of the opening shown against the "
+        "accepted label.")
     label_counts: dict[str, int]
     suggestion: Suggestion | None
     current_round: RoundOut | None
@@ -374,6 +381,13 @@ class DashboardImage(ImageCurve):
         description="Per active round: mean Dice over the labels against the accepted label."
     )
     label_url: str | None = Field(None, description="Download of the accepted label (needs the token).")
+    opening_source: str | None = Field(None, description="What the accepted session opened with: model | atlas.")
+    opening_dice: float | None = Field(
+        None, description="Mean foreground Dice of that opening against the accepted label: how good the "
+        "first answer was before anyone drew.")
+    alternative_dice: float | None = Field(
+        None, description="The same for the opening not shown, when the model's and the atlas's were "
+        "both computed.")
 
 
 class RoundLatency(BaseModel):

@@ -21,7 +21,7 @@ router = APIRouter(tags=["sessions"])
 
 @router.post(
     "/images/{image_id}/sessions", response_model=schemas.SessionOut, status_code=201,
-    summary="Open a session: the model's prediction, uncertainty and a suggestion; 409 if leased",
+    summary="Open a session: the opening prediction (model or atlas), uncertainty and a suggestion; 409 if leased",
 )
 def open_session(
     image_id: int, ctx: Ctx, db: Db, user: CurrentUser, request: schemas.SessionOpen | None = None

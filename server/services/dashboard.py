@@ -3,8 +3,8 @@
 The dashboard's response is the project's learning curve (``curves.learning_curve``: model
 versions, per-image rounds/effort/Dice, jobs, queue depth) joined with what a page needs
 to draw it in one request: each job's loss, run time and annotation-to-model latency, each
-image's validation flag and label download, and the round latency percentiles over the
-last hour.
+image's validation flag, label download and how good its opening was, and the round latency
+percentiles over the last hour.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from server.context import AppContext
 from server.metrics import ProjectState
 from server.services import curves, images, projects
 from server.storage.db import utcnow
-from server.storage.tables import Image, Project, Round
+from server.storage.tables import AnnotationSession, Image, Project, Round
 
 ROUND_LATENCY_WINDOW = timedelta(hours=1)
 
@@ -42,6 +42,7 @@ def project_dashboard(
         for job in curve.jobs
     ]
     rows = {image.id: image for image in images.list_images(db, project.id)}
+    openings = _accepted_openings(db, project.id)
     image_rows = []
     for entry in curve.images:
         row = rows.get(entry.image_id)
@@ -53,6 +54,7 @@ def project_dashboard(
                 is_validation=row.is_validation,
                 dice_mean_per_round=[_mean_dice(d) for d in entry.dice_per_round],
                 label_url=images.image_out(row).links.get("label"),
+                **openings.get(entry.image_id, {}),
             )
         )
     serving = next((v for v in curve.versions if v.serving), None)
@@ -71,6 +73,24 @@ def project_dashboard(
         jobs=jobs,
         images=image_rows,
     )
+
+
+def _accepted_openings(db: Session, project_id: int) -> dict[int, dict]:
+    """Per image: the source and Dice of its last accepted session's opening, and of the other
+    opening when both were computed."""
+    accepted = db.execute(
+        select(AnnotationSession.image_id, AnnotationSession.prediction_source, AnnotationSession.opening_dice,
+               AnnotationSession.opening_scores)
+        .join(Image, Image.id == AnnotationSession.image_id)
+        .where(Image.project_id == project_id, AnnotationSession.state == "accepted")
+        .order_by(AnnotationSession.closed_at)
+    ).all()
+    openings = {}
+    for image_id, source, dice, scores in accepted:
+        alternative = (scores or {}).get("alternative")
+        openings[image_id] = {"opening_source": source, "opening_dice": dice,
+                              "alternative_dice": (scores or {}).get(f"{alternative}_dice")}
+    return openings
 
 
 def round_latency(db: Session, project_id: int, since: datetime, now: datetime) -> schemas.RoundLatency:

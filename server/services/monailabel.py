@@ -58,7 +58,8 @@ TRAINER = "scribbleflow"
 # Model name -> (MONAI Label model type, what it does). The viewers group models by type:
 # "deepgrow" models get the point tools, "scribbles" models the scribble brushes.
 MODELS: dict[str, tuple[str, str]] = {
-    "segmentation": ("segmentation", "The serving model's prediction, or the image's current segmentation."),
+    "segmentation": ("segmentation", "The session's opening (the serving model's prediction or the atlas), "
+                                     "or the image's current segmentation."),
     "scribbles": ("scribbles", "A round from a scribble labelmap: registration + fusion with the model."),
     "clicks": ("deepgrow", "A round from foreground/background clicks (voxel indices i, j, k)."),
 }

@@ -3,15 +3,16 @@
 Before a project's first trained model (version 0 holds random weights), a session opens with
 the labels of the project's latest accepted image carried onto the new one by registration
 (an atlas proxy). Once a model is trained, both are computed while the atlas may still win,
-and ``registration.opening_choice`` picks one from how each scored on earlier accepted images;
-the other one's labels are kept with the session and scored when the image is accepted
-(``sessions.accept``). A session's rounds fuse with the source it opened with.
+and ``registration.opening_choice`` picks one from how each scored on earlier images; the
+other one's labels are kept with the session (the "alternative"). The openings computed for an
+image that was never accepted are scored when it is (``sessions.accept``). A session's rounds
+fuse with the source it opened with.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from registration.io.volume import Volume
 from registration.opening_choice import OpeningScore, atlas_retired, prefer_atlas
-from registration.round import AtlasOpening, atlas_opening
+from registration.round import atlas_opening
 from server.context import AppContext
 from server.services import projects
 from server.services.records import read_probabilities
@@ -28,8 +29,9 @@ from server.storage.tables import AnnotationSession, Image, Project
 
 log = logging.getLogger(__name__)
 
-#: Accepted sessions read for the opening choice (newest first); more than it ever weighs.
-HISTORY_SESSIONS = 50
+#: The newest accepted sessions read for the opening choice. A window: pairs that fall out of
+#: it (after this many later images) no longer count, so a retired atlas is tried again.
+HISTORY_SESSIONS = 200
 
 
 @dataclass
@@ -42,18 +44,32 @@ class Prediction:
 
 @dataclass
 class Opening:
-    """What a new session shows (``served``), and, when both sources were computed, the other
-    source's labels (uint8 (z, y, x)) and the atlas's registration similarity."""
+    """What a new session shows (``served``); when both sources were computed, the other one's
+    labels (uint8 (z, y, x)) and the atlas's registration similarity; the model version computed
+    (also when the atlas serves); the sources to score at accept."""
 
     served: Prediction
     alternative_labels: np.ndarray | None = None
     similarity: float | None = None
+    model_version: int | None = None
+    scored: list[str] = field(default_factory=list)
 
     @property
     def alternative_source(self) -> str | None:
         if self.alternative_labels is None:
             return None
         return "model" if self.served.source == "atlas" else "atlas"
+
+    def record(self) -> dict | None:
+        """What the session row keeps of it (``AnnotationSession.opening_scores``) until accept."""
+        if not self.scored:
+            return None
+        kept: dict = {"scored": list(self.scored)}
+        if self.alternative_source is not None:
+            kept["alternative"] = self.alternative_source
+        if self.similarity is not None:
+            kept["similarity"] = float(self.similarity)
+        return kept
 
 
 def latest_accepted(db: Session, project_id: int, exclude: int) -> Image | None:
@@ -67,7 +83,7 @@ def latest_accepted(db: Session, project_id: int, exclude: int) -> Image | None:
 
 
 def opening_history(db: Session, project_id: int) -> list[OpeningScore]:
-    """The project's accepted images whose two openings were scored, oldest first."""
+    """The project's scored images (their first accept), oldest first."""
     rows = db.scalars(
         select(AnnotationSession)
         .join(Image, Image.id == AnnotationSession.image_id)
@@ -79,31 +95,42 @@ def opening_history(db: Session, project_id: int) -> list[OpeningScore]:
     history = []
     for row in reversed(rows):
         scores = row.opening_scores or {}
-        if all(isinstance(scores.get(k), (int, float)) for k in ("similarity", "model_dice", "atlas_dice")):
-            history.append(OpeningScore(scores["similarity"], scores["model_dice"], scores["atlas_dice"]))
+        entry = OpeningScore(_number(scores.get("similarity")), _number(scores.get("model_dice")),
+                             _number(scores.get("atlas_dice")))
+        if entry.model_dice is not None or entry.atlas_dice is not None:
+            history.append(entry)
     return history
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def open_prediction(
     ctx: AppContext, project: Project, image: Image, volume: Volume, atlas: Image | None,
-    history: list[OpeningScore],
+    history: list[OpeningScore], score: bool,
 ) -> Opening:
-    """The opening of a new session on ``image``: see the module's docstring."""
+    """The opening of a new session on ``image`` (see the module's docstring). ``score``: the
+    image was never accepted and has no rounds, so its openings are to be scored at accept;
+    otherwise a trained model opens it alone."""
     if not ctx.hub.has_useful_model(project.id):
-        carried = _atlas_opening(ctx, project, image, volume, atlas)
+        carried = _carried_atlas(ctx, project, image, volume, atlas)
         if carried is not None:
-            return Opening(Prediction("atlas", None, carried.probabilities))
-        return Opening(_model_prediction(ctx, project, image, volume, None))
+            return Opening(_atlas_prediction(carried.probabilities), similarity=carried.similarity,
+                           scored=["atlas"] if score else [])
+        untrained = _model_prediction(ctx, project, image, volume, None)  # empty: nothing to score
+        return Opening(untrained, model_version=untrained.version)
     model = _model_prediction(ctx, project, image, volume, None)
-    if atlas_retired(history):
-        return Opening(model)
-    carried = _atlas_opening(ctx, project, image, volume, atlas)
+    if not score or atlas_retired(history):
+        return Opening(model, model_version=model.version, scored=["model"] if score else [])
+    carried = _carried_atlas(ctx, project, image, volume, atlas)
     if carried is None:
-        return Opening(model)
+        return Opening(model, model_version=model.version, scored=["model"])
+    both = ["model", "atlas"]
     if prefer_atlas(history, carried.similarity, model.validation_dice):
-        return Opening(Prediction("atlas", None, carried.probabilities), _labels(model.probabilities),
-                       carried.similarity)
-    return Opening(model, _labels(carried.probabilities), carried.similarity)
+        return Opening(_atlas_prediction(carried.probabilities), opening_labels(model.probabilities),
+                       carried.similarity, model.version, both)
+    return Opening(model, opening_labels(carried.probabilities), carried.similarity, model.version, both)
 
 
 def round_prediction(
@@ -114,20 +141,23 @@ def round_prediction(
     ``atlas_file``), else the model version it opened with (its prediction is cached, while a
     version promoted since would cost a whole-volume prediction inside the round)."""
     if session.prediction_source == "atlas" and atlas_file.exists():
-        return Prediction("atlas", None, read_probabilities(atlas_file))
+        return _atlas_prediction(read_probabilities(atlas_file))
     version = session.model_version if session.prediction_source == "model" else None
     return _model_prediction(ctx, project, image, volume, version)
 
 
-def _labels(probabilities: np.ndarray) -> np.ndarray:
+def opening_labels(probabilities: np.ndarray) -> np.ndarray:
+    """What an opening shows: the most probable class of each voxel, uint8 (z, y, x)."""
     return probabilities.argmax(axis=0).astype(np.uint8)
 
 
-def _atlas_opening(
-    ctx: AppContext, project: Project, image: Image, volume: Volume, atlas: Image | None
-) -> AtlasOpening | None:
-    """``atlas``'s accepted labels carried onto ``volume``; None without an atlas or when the
-    registration fails."""
+def _atlas_prediction(probabilities: np.ndarray) -> Prediction:
+    return Prediction("atlas", None, probabilities)
+
+
+def _carried_atlas(ctx: AppContext, project: Project, image: Image, volume: Volume, atlas: Image | None):
+    """``atlas``'s accepted labels carried onto ``volume`` (``registration.atlas.AtlasProxy``);
+    None without an atlas or when its files or the registration fail."""
     if atlas is None:
         return None
     try:
@@ -135,7 +165,7 @@ def _atlas_opening(
         atlas_labels = ctx.datastore.read_volume(atlas.accepted_path).array
         with ctx.compute():
             return atlas_opening(atlas_volume, atlas_labels.astype(np.int64), volume, len(project.labels))
-    except (RuntimeError, ValueError) as exc:  # registration failed: the model opens
+    except (OSError, RuntimeError, ValueError) as exc:  # the model opens
         log.warning("atlas proposal for image %d failed (%s): using the serving model", image.id, exc)
         return None
 

@@ -27,6 +27,7 @@ from server.services.predictions import (
     latest_accepted,
     open_prediction,
     opening_history,
+    opening_labels,
 )
 from server.services.records import (
     ACCEPTED_JSON,
@@ -59,19 +60,23 @@ def open_session(
         return own
     project = projects.get_project(db, image.project_id)
     atlas = latest_accepted(db, project.id, image.id)
-    history = opening_history(db, project.id)
+    scores_so_far = opening_history(db, project.id)
+    # An opening is scored on the label it led to: not on an image accepted before (the model
+    # has learnt it) nor one whose rounds go on from an earlier session.
+    score = image.accepted_path is None and history.active_round(db, image.id) is None
     db.commit()  # no transaction stays open during the computation
 
     volume = images.load_volume(ctx.datastore, image)
     with staged_record(ctx.datastore, db, image, "sessions") as folder:
-        opening = open_prediction(ctx, project, image, volume, atlas, history)
+        opening = open_prediction(ctx, project, image, volume, atlas, scores_so_far, score)
         prediction = opening.served
         labels = _write_opening(ctx.datastore, folder, volume, opening)
         opened = AnnotationSession(
             holder=principal.owner,
             token_id=principal.token_id,
             state="open",
-            model_version=prediction.version,
+            # also when the atlas serves: the version frozen for this image's training targets
+            model_version=opening.model_version,
             prediction_source=prediction.source,
             dir=ctx.datastore.relative(folder),
             label_counts=label_counts(labels, projects.label_names(project)),
@@ -79,7 +84,7 @@ def open_session(
                 opening_suggestion(prediction.probabilities, prediction.validation_dice, volume.spacing_zyx),
                 volume,
             ),
-            opening_scores=None if opening.similarity is None else {"similarity": opening.similarity},
+            opening_scores=opening.record(),
         )
         # The image lock orders this with rounds (session row, then image row) on PostgreSQL.
         with ctx.image_locks(image.id):
@@ -91,7 +96,7 @@ def _write_opening(store: DataStore, folder: Path, volume: Volume, opening: Open
     """Writes the served opening's labels (returned) and uncertainty; the atlas's probabilities
     when it serves (the rounds fuse with them); the other opening's labels when computed."""
     served = opening.served
-    labels = served.probabilities.argmax(axis=0).astype(np.uint8)
+    labels = opening_labels(served.probabilities)
     store.write_volume(folder / SESSION_FILES["prediction"], volume, labels)
     store.write_volume(folder / SESSION_FILES["uncertainty"], volume, uncertainty_map(served.probabilities))
     if served.source == "atlas":
@@ -152,12 +157,12 @@ def accept(
             # Scored before the write transaction below (on SQLite it holds the database's
             # write lock; the image lock keeps the rounds as they are).
             round_dice = _round_dice(store, active_rounds, label, projects.label_names(project))
-            opening_scores = _scored_openings(store, session, label, len(project.labels))
+            opening_dice, opening_scores = _scored_openings(store, session, label, len(project.labels))
             session = leases.held(ctx, db, principal, session)
             if history.round_id(history.active_round(db, image.id)) != history.round_id(current):
                 raise Conflict(f"image {image.id} changed while accepting; accept again")
             image = _mark_accepted(db, principal, session, project, image.id, current, label,
-                                   store.relative(label_path), round_dice, opening_scores)
+                                   store.relative(label_path), round_dice, opening_dice, opening_scores)
         files = {"accepted_label": label_path}
         if current is not None:  # the user's own strokes stay hard labels for the scribble loss
             files["scribble"] = store.resolve(f"{current.dir}/{ROUND_FILES['scribble']}")
@@ -182,29 +187,32 @@ def _round_dice(
 
 def _scored_openings(
     store: DataStore, session: AnnotationSession, label: np.ndarray, num_classes: int
-) -> dict[str, float] | None:
-    """The session's ``opening_scores`` with both openings' mean foreground Dice against the
-    accepted ``label``; None when only one opening was computed."""
-    scores = session.opening_scores or {}
-    alternative = f"{session.dir}/{SESSION_FILES['alternative']}"
-    if "similarity" not in scores or not store.resolve(alternative).exists():
-        return None
-    other = "model" if session.prediction_source == "atlas" else "atlas"
+) -> tuple[float, dict | None]:
+    """Mean foreground Dice against the accepted ``label`` of the opening shown, and the
+    session's ``opening_scores`` with the Dice of each opening it keeps to be scored
+    (``<source>_dice``; None when it keeps none)."""
+    kept = dict(session.opening_scores or {})
+    paths = {session.prediction_source: f"{session.dir}/{SESSION_FILES['prediction']}"}
+    if kept.get("alternative"):
+        paths[kept["alternative"]] = f"{session.dir}/{SESSION_FILES['alternative']}"
     dice = {}
-    for source, path in ((session.prediction_source, f"{session.dir}/{SESSION_FILES['prediction']}"),
-                         (other, alternative)):
+    for source, path in paths.items():
         per_class = dice_per_class(store.read_volume(path).array.astype(np.int64), label, num_classes)
-        dice[f"{source}_dice"] = float(np.mean(list(per_class.values())))
-    return {"similarity": float(scores["similarity"]), **dice}
+        dice[source] = float(np.mean(list(per_class.values())))
+    shown = dice[session.prediction_source]
+    if session.opening_scores is None:
+        return shown, None
+    return shown, {**kept, **{f"{source}_dice": dice[source] for source in kept.get("scored", [])}}
 
 
 def _mark_accepted(
     db: Session, principal: Principal, session: AnnotationSession, project: Project, image_id: int,
     current: Round | None, label: np.ndarray, label_path: str, round_dice: dict[int, dict[str, float]],
-    opening_scores: dict[str, float] | None,
+    opening_dice: float, opening_scores: dict | None,
 ) -> Image:
     """The image's accepted label and the session's end, the rounds' and the openings' Dice
-    against the label (``round_dice``, ``opening_scores``), and the audit event; commits."""
+    against the label (``round_dice``, ``opening_dice``, ``opening_scores``), and the audit event;
+    commits."""
     image = db.get(Image, image_id)
     now = utcnow()
     image.status = "accepted"
@@ -214,7 +222,8 @@ def _mark_accepted(
     image.accepted_by = principal.owner
     session.state = "accepted"
     session.closed_at = now
-    if opening_scores is not None:
+    session.opening_dice = opening_dice
+    if opening_scores is not None:  # the next images' choices read them
         session.opening_scores = opening_scores
     names = projects.label_names(project)
     for row in history.list_rounds(db, image.id):

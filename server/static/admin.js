@@ -389,6 +389,9 @@
       cell(row, String(image.effort.strokes), "number");
       cell(row, String(image.effort.clicks), "number");
       cell(row, String(image.effort.voxels), "number");
+      const other = image.alternative_dice === null || image.alternative_dice === undefined
+        ? "" : ` (${image.opening_source === "atlas" ? "model" : "atlas"} ${fmt(image.alternative_dice)})`;
+      cell(row, image.opening_source ? `${image.opening_source} ${fmt(image.opening_dice)}${other}` : "–", "number");
       const last = image.dice_mean_per_round.length ? image.dice_mean_per_round.at(-1) : null;
       cell(row, fmt(last), "number");
       cell(row, image.accepted_at ? new Date(image.accepted_at).toLocaleString() : "–");

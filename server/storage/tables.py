@@ -130,9 +130,12 @@ class AnnotationSession(Base):
     dir: Mapped[str] = mapped_column(String(500))  # prediction + uncertainty files at open
     label_counts: Mapped[dict[str, int]] = mapped_column(JSON)
     suggestion: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # When both openings were computed: the atlas's registration similarity, and at accept the
-    # mean foreground Dice of each opening against the accepted label (``predictions``).
-    opening_scores: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    # When the openings are to be scored (``predictions.Opening.record``): the sources, the
+    # alternative's, the atlas's registration similarity; at accept, each scored opening's mean
+    # foreground Dice against the accepted label (model_dice, atlas_dice).
+    opening_scores: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # At accept: the mean foreground Dice of the opening shown against the accepted label.
+    opening_dice: Mapped[float | None] = mapped_column(Float)
 
 
 class Round(Base):

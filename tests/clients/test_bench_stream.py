@@ -54,6 +54,16 @@ def test_bench_stream_end_to_end(stream_dirs, tmp_path):
     consolidations = [v for v in report["learning_curve"]["versions"] if v["source"] == "consolidation"]
     assert len(consolidations) == 4 and all(v["metrics"]["steps"] == 2 for v in consolidations)
 
+    # The first volume opens with version 0 (nothing accepted yet); the second once a model is
+    # trained, with both the model's and the atlas's openings computed and the other one scored too.
+    first, second = report["volumes"]
+    assert first["opening_source"] == "model" and first["alternative_dice"] is None
+    assert second["opening_source"] in ("model", "atlas") and 0.0 <= second["alternative_dice"] <= 1.0
+    assert set(second["opening_scores"]) == {"similarity", "model_dice", "atlas_dice"}
+    assert summary["openings_with_alternative"] == 1
+    assert summary["better_opening_shown"] == int(second["opening_dice"] >= second["alternative_dice"])
+    assert summary["mean_better_opening_dice"] == max(second["opening_dice"], second["alternative_dice"])
+
     truths = {f"case{s}": synthetic_volume(SHAPE_ZYX, seed=s)[1] for s in (0, 1)}
     for volume in report["volumes"]:
         rounds = volume["rounds"]

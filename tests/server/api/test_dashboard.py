@@ -129,8 +129,14 @@ def test_dashboard_and_metrics_follow_a_stream(app, client, admin_headers, tmp_p
             assert image["dice_mean_per_round"][-1] == pytest.approx(1.0)  # the accepted round itself
             label = client.get(image["label_url"], headers=admin_headers)
             assert label.status_code == 200 and label.content[:2] == b"\x1f\x8b"  # gzip (NIfTI)
+            session = typed.get_session(typed.image_rounds(image_id)[-1].session_id)
+            assert image["opening_source"] == session.prediction_source
+            assert image["opening_dice"] == session.opening_dice and 0.0 <= image["opening_dice"] <= 1.0
+            alternative = (session.opening_scores or {}).get(f"{'model' if session.prediction_source == 'atlas' else 'atlas'}_dice")
+            assert image["alternative_dice"] == alternative
         else:
             assert image["label_url"] is None
+            assert image["opening_source"] is None and image["opening_dice"] is None and image["alternative_dice"] is None
     assert images[stream.in_progress_image]["status"] == "in_progress"
     assert images[stream.new_image]["status"] == "new" and images[stream.new_image]["rounds"] == 0
 

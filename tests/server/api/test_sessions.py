@@ -388,60 +388,140 @@ def test_cold_start_proposes_an_atlas_from_an_accepted_image(
     assert round_.status_code == 201 and round_.json()["prediction_source"] == "atlas"
 
 
-def test_a_trained_project_opens_a_look_alike_with_the_atlas_and_scores_both_openings(
-    app, client, project, uploaded_image, admin_headers, annotator_headers, volume_and_label, tmp_path
-):
-    """With a trained (imported) model that nothing has measured, an image much like the latest
-    accepted one opens with the atlas; the model's opening is kept as the alternative, and the
-    accept scores both against the label; the next choice reads those scores."""
-    from learner.metrics import dice_per_class
-    from registration.opening_choice import OpeningScore
-    from server.services.predictions import opening_history
-    from tests.helpers import checkpoint_bytes, nifti_file, synthetic_volume
+@pytest.fixture
+def trained_project_image(client, project, uploaded_image, admin_headers, annotator_headers, volume_and_label,
+                          tmp_path) -> dict:
+    """A project serving an imported (trained, unmeasured) model whose first image is accepted
+    with its true label; the accepted session. Validation images train nothing, so the
+    imported version keeps serving."""
+    from tests.helpers import checkpoint_bytes
 
     volume, label = volume_and_label
     imported = client.post(f"{API}/projects/{project['id']}/models/import",
                            files={"file": ("offline.pt", io.BytesIO(checkpoint_bytes(tmp_path, 3)))},
                            headers=admin_headers)
     assert imported.status_code == 201, imported.text
-    # Validation images train nothing, so the imported version keeps serving.
     client.patch(f"{API}/images/{uploaded_image['id']}", json={"is_validation": True}, headers=admin_headers)
     first = open_session(client, uploaded_image, annotator_headers).json()
-    assert first["prediction_source"] == "model" and first["opening_scores"] is None  # no atlas yet
-    assert "alternative" not in first["links"]
+    assert first["prediction_source"] == "model" and first["model_version"] == 1
+    assert "alternative" not in first["links"]  # nothing accepted yet: no atlas
     missing = client.get(f"{API}/sessions/{first['id']}/alternative", headers=annotator_headers)
     assert missing.status_code == 404 and "no alternative" in missing.json()["detail"]
-    client.post(f"{API}/sessions/{first['id']}/rounds/labelmap",
-                files={"file": ("truth.nii.gz", io.BytesIO(volume_bytes(volume, array=label)))},
-                headers=annotator_headers)
-    assert client.post(f"{API}/sessions/{first['id']}/accept", headers=annotator_headers).status_code == 200
+    return accept_label(client, first, volume, label, annotator_headers)["session"]
+
+
+def accept_label(client, session: dict, volume, label, headers) -> dict:
+    """Accept ``label`` (the truth) as the session's image label; the accept response."""
+    response = client.post(f"{API}/sessions/{session['id']}/rounds/labelmap",
+                           files={"file": ("truth.nii.gz", io.BytesIO(volume_bytes(volume, array=label)))},
+                           headers=headers)
+    assert response.status_code == 201, response.text
+    accepted = client.post(f"{API}/sessions/{session['id']}/accept", headers=headers)
+    assert accepted.status_code == 200, accepted.text
+    return accepted.json()
+
+
+def upload_validation_image(client, project, volume, admin_headers, annotator_headers) -> dict:
+    from tests.helpers import nifti_file
+
+    image = client.post(f"{API}/projects/{project['id']}/images", files=nifti_file(volume),
+                        headers=annotator_headers).json()
+    client.patch(f"{API}/images/{image['id']}", json={"is_validation": True}, headers=admin_headers)
+    return image
+
+
+def mean_dice(prediction, truth) -> float:
+    from learner.metrics import dice_per_class
+
+    return float(np.mean(list(dice_per_class(prediction.astype(np.int64), truth.astype(np.int64), 3).values())))
+
+
+def test_a_trained_project_opens_a_look_alike_with_the_atlas_and_scores_both_openings(
+    app, client, project, trained_project_image, admin_headers, annotator_headers, volume_and_label, tmp_path
+):
+    """A model nobody has measured against an image much like the latest accepted one: the
+    atlas opens it, the model's opening is kept as the alternative, and the accept scores both;
+    the next choices read those scores."""
+    from registration.opening_choice import OpeningScore
+    from server.services.predictions import opening_history
+    from tests.helpers import synthetic_volume
+
+    first = trained_project_image
+    volume, label = volume_and_label
+    first_model_dice = first["opening_scores"]["model_dice"]
+    assert first["opening_dice"] == first_model_dice and set(first["opening_scores"]) == {"model_dice"}
 
     look_alike, look_alike_label = synthetic_volume(seed=11)
-    second = client.post(f"{API}/projects/{project['id']}/images", files=nifti_file(look_alike),
-                         headers=annotator_headers).json()
-    client.patch(f"{API}/images/{second['id']}", json={"is_validation": True}, headers=admin_headers)
+    second = upload_validation_image(client, project, look_alike, admin_headers, annotator_headers)
     opened = open_session(client, second, annotator_headers).json()
-    assert opened["prediction_source"] == "atlas" and opened["model_version"] is None
+    assert opened["prediction_source"] == "atlas" and opened["model_version"] == 1
     similarity = opened["opening_scores"]["similarity"]
     assert similarity > 0.8, opened["opening_scores"]
     model_opening = download_volume(client, opened["links"]["alternative"], annotator_headers, tmp_path, "m.nii.gz")
-    assert model_opening.shape_zyx == look_alike.shape_zyx
+    atlas_opening = download_volume(client, opened["links"]["prediction"], annotator_headers, tmp_path, "a.nii.gz")
     round_ = client.post(f"{API}/sessions/{opened['id']}/rounds", json=stroke_round(look_alike_label, 3),
                          headers=annotator_headers)
     assert round_.status_code == 201 and round_.json()["prediction_source"] == "atlas"
 
-    # Accepting the truth as the label: each opening's Dice against it.
-    client.post(f"{API}/sessions/{opened['id']}/rounds/labelmap",
-                files={"file": ("truth.nii.gz", io.BytesIO(volume_bytes(look_alike, array=look_alike_label)))},
-                headers=annotator_headers)
-    accepted = client.post(f"{API}/sessions/{opened['id']}/accept", headers=annotator_headers).json()
-    scores = accepted["session"]["opening_scores"]
-    model_dice = dice_per_class(model_opening.array.astype(np.int64), look_alike_label.astype(np.int64), 3)
-    assert scores["model_dice"] == pytest.approx(np.mean(list(model_dice.values())))
+    accepted = accept_label(client, opened, look_alike, look_alike_label, annotator_headers)["session"]
+    scores = accepted["opening_scores"]
+    assert scores["model_dice"] == pytest.approx(mean_dice(model_opening.array, look_alike_label))
+    assert scores["atlas_dice"] == pytest.approx(mean_dice(atlas_opening.array, look_alike_label))
     assert scores["atlas_dice"] > 0.8 and scores["atlas_dice"] > scores["model_dice"], scores
+    assert accepted["opening_dice"] == scores["atlas_dice"]
     with app.state.context.session_factory() as db:
-        history = opening_history(db, project["id"])
-    assert history == [OpeningScore(similarity, scores["model_dice"], scores["atlas_dice"])]
+        assert opening_history(db, project["id"]) == [
+            OpeningScore(None, first_model_dice, None),
+            OpeningScore(similarity, scores["model_dice"], scores["atlas_dice"]),
+        ]
+
+
+def test_the_model_opens_when_preferred_and_keeps_the_atlas_as_its_alternative(
+    client, project, trained_project_image, admin_headers, annotator_headers, volume_and_label, tmp_path,
+    monkeypatch,
+):
+    from server.services import predictions
+    from tests.helpers import synthetic_volume
+
+    seen = []
+    monkeypatch.setattr(predictions, "prefer_atlas", lambda history, *args: seen.append(history) or False)
+    look_alike, look_alike_label = synthetic_volume(seed=11)
+    second = upload_validation_image(client, project, look_alike, admin_headers, annotator_headers)
+    opened = open_session(client, second, annotator_headers).json()
+    assert opened["prediction_source"] == "model" and opened["model_version"] == 1
+    assert [[s.model_dice for s in h] for h in seen] == [[trained_project_image["opening_dice"]]]
+    atlas_opening = download_volume(client, opened["links"]["alternative"], annotator_headers, tmp_path, "a.nii.gz")
+    assert mean_dice(atlas_opening.array, look_alike_label) > 0.8
+    scores = accept_label(client, opened, look_alike, look_alike_label, annotator_headers)["session"]["opening_scores"]
+    assert scores["atlas_dice"] == pytest.approx(mean_dice(atlas_opening.array, look_alike_label))
+    assert set(scores) == {"similarity", "model_dice", "atlas_dice"}
+
+
+def test_a_retired_atlas_is_not_computed_and_an_image_opened_again_scores_nothing(
+    app, client, project, uploaded_image, trained_project_image, admin_headers, annotator_headers, monkeypatch
+):
+    from sqlalchemy import text
+
+    from server.services import predictions
+    from tests.helpers import synthetic_volume
+
+    def no_registration(*args, **kwargs):
+        raise AssertionError("the atlas was computed")
+
+    monkeypatch.setattr(predictions, "atlas_opening", no_registration)
+    monkeypatch.setattr(predictions, "atlas_retired", lambda history: True)
+    second = upload_validation_image(client, project, synthetic_volume(seed=11)[0], admin_headers, annotator_headers)
+    opened = open_session(client, second, annotator_headers).json()
+    assert opened["prediction_source"] == "model" and "alternative" not in opened["links"]
+
+    # The accepted first image, opened again: the model has (in general) learnt its label, so
+    # nothing of this session is scored.
+    monkeypatch.setattr(predictions, "atlas_retired", lambda history: False)
+    again = open_session(client, uploaded_image, annotator_headers).json()
+    assert again["prediction_source"] == "model" and again["opening_scores"] is None
+    with app.state.context.session_factory() as db:
+        stored = db.execute(text("SELECT opening_scores IS NULL FROM sessions WHERE id = :id"), {"id": again["id"]})
+        assert stored.scalar_one()
 
 
 def test_round_one_keeps_the_opening_where_the_user_draws_nothing(app, client, open_session_id, annotator_headers,
