@@ -54,11 +54,14 @@ def test_bench_stream_end_to_end(stream_dirs, tmp_path):
     consolidations = [v for v in report["learning_curve"]["versions"] if v["source"] == "consolidation"]
     assert len(consolidations) == 4 and all(v["metrics"]["steps"] == 2 for v in consolidations)
 
-    # The first volume opens with version 0 (nothing accepted yet); the second once a model is
-    # trained, with both the model's and the atlas's openings computed and the other one scored too.
+    # The first volume opens with version 0 (nothing accepted yet). The second, once a model is
+    # trained, gets both the model's and the atlas's openings; it is the first one's look-alike (the
+    # same structures, other noise) and nobody has measured the model, so the atlas opens it, far
+    # better than the first opening (it may leave no slice to correct: no round at all).
     first, second = report["volumes"]
     assert first["opening_source"] == "model" and first["alternative_dice"] is None
-    assert second["opening_source"] in ("model", "atlas") and 0.0 <= second["alternative_dice"] <= 1.0
+    assert second["opening_source"] == "atlas" and 0.0 <= second["alternative_dice"] <= 1.0
+    assert second["opening_dice"] > 0.85 > first["opening_dice"]
     assert set(second["opening_scores"]) == {"similarity", "model_dice", "atlas_dice"}
     assert summary["openings_with_alternative"] == 1
     assert summary["better_opening_shown"] == int(second["opening_dice"] >= second["alternative_dice"])
@@ -67,7 +70,7 @@ def test_bench_stream_end_to_end(stream_dirs, tmp_path):
     truths = {f"case{s}": synthetic_volume(SHAPE_ZYX, seed=s)[1] for s in (0, 1)}
     for volume in report["volumes"]:
         rounds = volume["rounds"]
-        assert 1 <= len(rounds) <= 2
+        assert len(rounds) <= 2
         assert all(0.0 <= r["dice"] <= 1.0 and 0.0 <= r["proxy_dice"] <= 1.0 for r in rounds)
         assert all(r["latency_s"] > 0 and r["effort"]["voxels"] > 0 for r in rounds)
         # Effort against full annotation, recounted with the learner's own boundary counter.
@@ -78,7 +81,7 @@ def test_bench_stream_end_to_end(stream_dirs, tmp_path):
         full = boundary_effort(truth, [], axis=0)[1]
         assert volume["effort"]["full_boundary_pixels"] == full
         assert volume["effort"]["effort_reduction_pct"] == pytest.approx(100 * (1 - touched / full))
-        assert volume["final_dice"] == rounds[-1]["dice"]
+        assert not rounds or volume["final_dice"] == rounds[-1]["dice"]
         assert volume["accept_job"]["state"] == "succeeded" and volume["annotation_to_model_s"] > 0
         for entry in rounds:
             if entry["suggestion"] is not None:
