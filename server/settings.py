@@ -75,6 +75,7 @@ class Settings(BaseSettings):
         5, ge=0, description="Every n-th uploaded image is held out for validation (0: none)."
     )
     train_on_rounds: bool = Field(True, description="Submit a training job after every round.")
+    atlas_beside_model: bool = Field(False, description="Default of the project setting of that name.")
     seed: int = 0
 
     # MONAI Label-compatible API (server/api/monailabel) and password log-in.

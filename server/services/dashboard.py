@@ -76,8 +76,8 @@ def project_dashboard(
 
 
 def _accepted_openings(db: Session, project_id: int) -> dict[int, dict]:
-    """Per image: the source and Dice of its last accepted session's opening, and of the other
-    opening when both were computed."""
+    """Per image: the source and Dice of its first accepted session's opening (what the stream
+    had to offer before anyone drew on it), and of the other opening when both were computed."""
     accepted = db.execute(
         select(AnnotationSession.image_id, AnnotationSession.prediction_source, AnnotationSession.opening_dice,
                AnnotationSession.opening_scores)
@@ -88,8 +88,8 @@ def _accepted_openings(db: Session, project_id: int) -> dict[int, dict]:
     openings = {}
     for image_id, source, dice, scores in accepted:
         alternative = (scores or {}).get("alternative")
-        openings[image_id] = {"opening_source": source, "opening_dice": dice,
-                              "alternative_dice": (scores or {}).get(f"{alternative}_dice")}
+        openings.setdefault(image_id, {"opening_source": source, "opening_dice": dice,
+                                       "alternative_dice": (scores or {}).get(f"{alternative}_dice")})
     return openings
 
 

@@ -2,8 +2,9 @@
 
 Before a project's first trained model (version 0 holds random weights), a session opens with
 the labels of the project's latest accepted image carried onto the new one by registration
-(an atlas proxy). Once a model is trained, both are computed while the atlas may still win,
-and ``registration.opening_choice`` picks one from how each scored on earlier images; the
+(an atlas proxy); afterwards with the serving model's prediction. With the project setting
+``atlas_beside_model``, both are computed once a model is trained while the atlas may still
+win, and ``registration.opening_choice`` picks one from how each scored on earlier images; the
 other one's labels are kept with the session (the "alternative"). The openings computed for an
 image that was never accepted are scored when it is (``sessions.accept``). A session's rounds
 fuse with the source it opened with.
@@ -121,7 +122,7 @@ def open_prediction(
         untrained = _model_prediction(ctx, project, image, volume, None)  # empty: nothing to score
         return Opening(untrained, model_version=untrained.version)
     model = _model_prediction(ctx, project, image, volume, None)
-    if not score or atlas_retired(history):
+    if not score or not project.learning.get("atlas_beside_model", False) or atlas_retired(history):
         return Opening(model, model_version=model.version, scored=["model"] if score else [])
     carried = _carried_atlas(ctx, project, image, volume, atlas)
     if carried is None:

@@ -36,6 +36,7 @@ def default_learning(settings: Settings) -> dict[str, Any]:
         "channels": list(settings.model_channels),
         "validation_every": settings.validation_every,
         "train_on_rounds": settings.train_on_rounds,
+        "atlas_beside_model": settings.atlas_beside_model,
         "online": online.to_dict(),
     }
 

@@ -3,8 +3,8 @@
 Opening predicts the image (the serving model or an atlas proxy: ``predictions``), stores the
 prediction, its uncertainty and where to start in a fresh session folder, and closes the
 image's other open sessions (taken over or expired). Accepting makes the current segmentation
-the image's label, scores every active round and both openings against it, and queues a
-training job. Rounds and undo are in ``rounds``.
+the image's label, scores every active round and the session's openings against it, and
+queues a training job. Rounds and undo are in ``rounds``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ def stream_dirs(tmp_path, monkeypatch):
             write_volume_atomic(volume, tmp_path / split / "labels" / f"case{seed}.nii.gz", label)
     # The embedded server reads these (a tiny network, two steps per job, no validation images).
     for name, value in (("ONLINE_STEPS", "2"), ("CONSOLIDATION_STEPS", "2"), ("CONSOLIDATION_JOBS", "2"), ("MODEL_SIZE", "32"), ("MODEL_CHANNELS", "[4, 8, 16]"),
-                        ("VALIDATION_EVERY", "0"), ("REPLAY_CAPACITY", "1"), ("COMPUTE_THREADS", "1")):
+                        ("VALIDATION_EVERY", "0"), ("REPLAY_CAPACITY", "1"), ("COMPUTE_THREADS", "1"),
+                        ("ATLAS_BESIDE_MODEL", "true")):
         monkeypatch.setenv(f"SCRIBBLEFLOW_{name}", value)
     return tmp_path
 

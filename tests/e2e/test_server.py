@@ -166,14 +166,11 @@ def test_end_to_end_over_http_with_restart(server_env, tmp_path):
             assert candidate.metrics["val_dice"] >= initial.metrics["val_dice"] + GATE_MARGIN, (candidate, initial)
             assert client.next_image(project.id).image.id == following.id
 
-            # The next image is the first one's other frame (one patient) and the first image is
-            # the latest accepted, so the atlas carried from it may open the image; then the
-            # model's prediction is kept beside it as the alternative opening.
+            # A trained model opens the next image (the atlas beside it is a project setting, off).
             session = client.open_session(following.id)
-            assert session.model_version == models.serving_version
-            assert session.opening_scores["similarity"] > 0.8, session
-            model_file = "prediction" if session.prediction_source == "model" else "alternative"
-            new_path = client.download_session_file(session.id, model_file, tmp_path / "vn.nii.gz")
+            assert session.model_version == models.serving_version and session.prediction_source == "model"
+            assert "alternative" not in session.links
+            new_path = client.download_session_file(session.id, "prediction", tmp_path / "vn.nii.gz")
             dice_new = dice_mean(read_volume(new_path).array, truths[following.id], num_classes)
             print(f"e2e Dice on the next image: version 0 {dice_v0:.3f}, version {models.serving_version} "
                   f"{dice_new:.3f}; gate {initial.metrics['val_dice']:.3f} -> {candidate.metrics['val_dice']:.3f}")

@@ -42,17 +42,29 @@ def test_the_atlas_is_judged_by_images_as_similar_and_the_model_by_recent_ones()
 def test_atlas_scores_from_before_the_first_model_count_and_missing_model_scores_do_not():
     before_training = [OpeningScore(0.97, None, 0.6), OpeningScore(0.96, None, 0.62)]
     assert expected_atlas_dice(before_training, 0.97) == pytest.approx(0.63, abs=0.04)
-    assert expected_model_dice(before_training, validation_dice=0.7) == 0.7
+    assert expected_model_dice(before_training, 0.97, validation_dice=0.7) == 0.7
     assert not prefer_atlas(before_training, similarity=0.97, validation_dice=0.7)
     model_only = [OpeningScore(None, 0.4, None), OpeningScore(None, 0.45, None)]
-    assert expected_model_dice(before_training + model_only, validation_dice=0.7) == pytest.approx(0.425)
+    assert expected_model_dice(before_training + model_only, 0.97, validation_dice=0.7) == pytest.approx(0.425)
     assert prefer_atlas(before_training + model_only, similarity=0.97, validation_dice=0.7)
 
 
 def test_a_model_that_has_grown_wins_even_where_the_atlas_is_good():
     grown = [OpeningScore(0.97, 0.9, 0.8), OpeningScore(0.3, 0.88, 0.1), OpeningScore(0.96, 0.91, 0.78)]
-    history = [ONE_PATIENT, ONE_PATIENT, *grown]
-    assert expected_model_dice(history, None) == pytest.approx((0.9 + 0.88 + 0.91) / 3)
+    history = [ONE_PATIENT, ONE_PATIENT, *grown, *grown]  # the young model's scores fall out of RECENT_PAIRS
+    assert expected_model_dice(history, 0.6, None) == pytest.approx((0.9 + 0.88 + 0.91) / 3, abs=0.01)
+    assert not prefer_atlas(history, similarity=0.97, validation_dice=None)
+    assert prefer_atlas(history[:-3], similarity=0.97, validation_dice=None)
+
+
+def test_the_model_too_is_judged_by_images_as_similar():
+    """The model has trained on the atlas image: on a look-alike it scores high as well (ACDC's
+    second frames), while on other images it is poorer."""
+    other_patient = OpeningScore(0.3, 0.4, 0.1)
+    second_frame = OpeningScore(0.97, 0.9, 0.75)
+    history = [other_patient, second_frame, other_patient, second_frame, other_patient]
+    assert expected_model_dice(history, 0.97, None) > expected_atlas_dice(history, 0.97) + ATLAS_MARGIN
+    assert expected_model_dice(history, 0.3, None) < 0.45
     assert not prefer_atlas(history, similarity=0.97, validation_dice=None)
 
 

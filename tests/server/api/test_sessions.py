@@ -391,12 +391,15 @@ def test_cold_start_proposes_an_atlas_from_an_accepted_image(
 @pytest.fixture
 def trained_project_image(client, project, uploaded_image, admin_headers, annotator_headers, volume_and_label,
                           tmp_path) -> dict:
-    """A project serving an imported (trained, unmeasured) model whose first image is accepted
-    with its true label; the accepted session. Validation images train nothing, so the
-    imported version keeps serving."""
+    """A project serving an imported (trained, unmeasured) model, with the atlas computed beside
+    it, whose first image is accepted with its true label; the accepted session. Validation
+    images train nothing, so the imported version keeps serving."""
     from tests.helpers import checkpoint_bytes
 
     volume, label = volume_and_label
+    changed = client.patch(f"{API}/projects/{project['id']}/learning", json={"atlas_beside_model": True},
+                           headers=admin_headers)
+    assert changed.status_code == 200 and changed.json()["learning"]["atlas_beside_model"] is True
     imported = client.post(f"{API}/projects/{project['id']}/models/import",
                            files={"file": ("offline.pt", io.BytesIO(checkpoint_bytes(tmp_path, 3)))},
                            headers=admin_headers)
@@ -500,6 +503,7 @@ def test_the_model_opens_when_preferred_and_keeps_the_atlas_as_its_alternative(
 def test_a_retired_atlas_is_not_computed_and_an_image_opened_again_scores_nothing(
     app, client, project, uploaded_image, trained_project_image, admin_headers, annotator_headers, monkeypatch
 ):
+    """Nor is the atlas computed beside a trained model when the project's setting is off (the default)."""
     from sqlalchemy import text
 
     from server.services import predictions
@@ -514,9 +518,17 @@ def test_a_retired_atlas_is_not_computed_and_an_image_opened_again_scores_nothin
     opened = open_session(client, second, annotator_headers).json()
     assert opened["prediction_source"] == "model" and "alternative" not in opened["links"]
 
-    # The accepted first image, opened again: the model has (in general) learnt its label, so
-    # nothing of this session is scored.
     monkeypatch.setattr(predictions, "atlas_retired", lambda history: False)
+    client.patch(f"{API}/projects/{project['id']}/learning", json={"atlas_beside_model": False},
+                 headers=admin_headers)
+    third = upload_validation_image(client, project, synthetic_volume(seed=12)[0], admin_headers, annotator_headers)
+    opened = open_session(client, third, annotator_headers).json()
+    assert opened["prediction_source"] == "model" and "alternative" not in opened["links"]
+
+    # The accepted first image, opened again with the atlas allowed: the model has (in general)
+    # learnt its label, so nothing of this session is scored.
+    client.patch(f"{API}/projects/{project['id']}/learning", json={"atlas_beside_model": True},
+                 headers=admin_headers)
     again = open_session(client, uploaded_image, annotator_headers).json()
     assert again["prediction_source"] == "model" and again["opening_scores"] is None
     with app.state.context.session_factory() as db:
