@@ -83,8 +83,17 @@ def latest_accepted(db: Session, project_id: int, exclude: int) -> Image | None:
     )
 
 
-def opening_history(db: Session, project_id: int) -> list[OpeningScore]:
-    """The project's scored images (their first accept), oldest first."""
+def atlas_beside_model(project: Project) -> bool:
+    """The project's learning setting: the atlas is computed beside a trained model."""
+    return bool(project.learning.get("atlas_beside_model", False))
+
+
+def opening_history(db: Session, project: Project) -> list[OpeningScore]:
+    """The project's scored images (their first accept), oldest first; none are read when the
+    atlas is not computed beside a trained model (before one, the choice needs no history)."""
+    if not atlas_beside_model(project):
+        return []
+    project_id = project.id
     rows = db.scalars(
         select(AnnotationSession)
         .join(Image, Image.id == AnnotationSession.image_id)
@@ -122,7 +131,7 @@ def open_prediction(
         untrained = _model_prediction(ctx, project, image, volume, None)  # empty: nothing to score
         return Opening(untrained, model_version=untrained.version)
     model = _model_prediction(ctx, project, image, volume, None)
-    if not score or not project.learning.get("atlas_beside_model", False) or atlas_retired(history):
+    if not score or not atlas_beside_model(project) or atlas_retired(history):
         return Opening(model, model_version=model.version, scored=["model"] if score else [])
     carried = _carried_atlas(ctx, project, image, volume, atlas)
     if carried is None:

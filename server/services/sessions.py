@@ -60,7 +60,7 @@ def open_session(
         return own
     project = projects.get_project(db, image.project_id)
     atlas = latest_accepted(db, project.id, image.id)
-    scores_so_far = opening_history(db, project.id)
+    scores_so_far = opening_history(db, project)
     # An opening is scored on the label it led to: not on an image accepted before (the model
     # has learnt it) nor one whose rounds go on from an earlier session.
     score = image.accepted_path is None and history.active_round(db, image.id) is None

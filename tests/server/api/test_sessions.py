@@ -447,6 +447,7 @@ def test_a_trained_project_opens_a_look_alike_with_the_atlas_and_scores_both_ope
     the next choices read those scores."""
     from registration.opening_choice import OpeningScore
     from server.services.predictions import opening_history
+    from server.storage.tables import Project
     from tests.helpers import synthetic_volume
 
     first = trained_project_image
@@ -473,7 +474,7 @@ def test_a_trained_project_opens_a_look_alike_with_the_atlas_and_scores_both_ope
     assert scores["atlas_dice"] > 0.8 and scores["atlas_dice"] > scores["model_dice"], scores
     assert accepted["opening_dice"] == scores["atlas_dice"]
     with app.state.context.session_factory() as db:
-        assert opening_history(db, project["id"]) == [
+        assert opening_history(db, db.get(Project, project["id"])) == [
             OpeningScore(None, first_model_dice, None),
             OpeningScore(similarity, scores["model_dice"], scores["atlas_dice"]),
         ]
