@@ -8,8 +8,12 @@ with a class dropped on a third of the slices, 0.85 one-hot + 0.15 uniform: a fa
 a trained network (``--checkpoint FILE``: its predictions, trusted as far as the validation
 Dice it reports, or ``--validation-dice``).
 Per round it reports the mean foreground Dice of the fused answer and of the proxy alone,
-the model's weight, and where the suggestion for the next round lands: wrong voxels on the
-suggested slice against the mean over the undrawn slices (a random pick) and the worst one.
+the model's weight, where the suggestion for the next round lands (wrong voxels on the
+suggested slice against the mean over the undrawn slices (a random pick) and the worst one),
+and how the wrong voxels split between the planes drawn so far and the others. Per volume,
+the stream benchmark's effort (``clients.stream_metrics``): ground-truth boundary pixels of
+the planes touched until the answer first reaches ``--target-dice`` (all of them when it never
+does), against those of every plane along the annotation axis.
 
     python -m clients.bench_rounds --data ../shared/data/acdc/val --limit 4 --rounds 4 --model uniform
 """
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clients import stream_metrics as sm
 from clients.annotator import (
     NOTHING,
     answer_before_first_round,
@@ -87,6 +92,7 @@ def simulate_volume(
         answer = result.segmentation.astype(np.int64)
         suggestion = result.suggestion
         wrong = np.moveaxis(answer != truth, 0 if suggestion is None else suggestion.axis, 0).sum(axis=(1, 2))
+        on_drawn = drawn_plane_mask(truth.shape, planes)
         along = 0 if suggestion is None else suggestion.axis
         undrawn = [i for i in range(wrong.size) if (along, i) not in planes]
         rows.append({
@@ -101,14 +107,44 @@ def simulate_volume(
             "suggested_wrong": None if suggestion is None else int(wrong[suggestion.slice]),
             "random_wrong": float(np.mean(wrong[undrawn])) if undrawn else None,
             "worst_wrong": int(np.max(wrong[undrawn])) if undrawn else None,
+            "wrong_on_drawn": int((on_drawn & (answer != truth)).sum()),
+            "wrong_elsewhere": int((~on_drawn & (answer != truth)).sum()),
             "seconds": seconds,
         })
     return rows
 
 
-def summarize(rows: list[dict]) -> dict:
+def drawn_plane_mask(shape: tuple[int, ...], planes: set[tuple[int, int]]) -> np.ndarray:
+    """bool ``shape``: True on the drawn (axis, index) planes."""
+    mask = np.zeros(shape, dtype=bool)
+    for axis, index in planes:
+        np.moveaxis(mask, axis, 0)[index] = True
+    return mask
+
+
+def volume_effort(truth: np.ndarray, rows: list[dict], target_dice: float) -> dict:
+    """One volume's effort as the stream benchmark counts it (module docstring)."""
+    touched = []
+    reached = False
+    for row in rows:
+        touched.append(tuple(row["slice"]))
+        if row["dice_fused"] >= target_dice:
+            reached = True
+            break
+    return {
+        "reached_target": reached,
+        "touched_boundary_pixels": sm.touched_boundary_pixels(truth, touched),
+        "full_boundary_pixels": int(sm.boundary_pixels_per_slice(truth, 0).sum()),
+    }
+
+
+def summarize(rows: list[dict], efforts: list[dict] | None = None) -> dict:
     last = [r for r in rows if r["round"] == max(x["round"] for x in rows)]
     hits = [r for r in rows if r["suggested_wrong"] is not None and r["random_wrong"] is not None]
+    wrong_final = sum(r["wrong_on_drawn"] + r["wrong_elsewhere"] for r in last)
+    efforts = efforts or []
+    touched = sum(e["touched_boundary_pixels"] for e in efforts)
+    full = sum(e["full_boundary_pixels"] for e in efforts)
     return {
         "volumes": len(last),
         "final_dice_fused": float(np.mean([r["dice_fused"] for r in last])),
@@ -122,6 +158,11 @@ def summarize(rows: list[dict]) -> dict:
         "worst_undrawn_slice_wrong_voxels": float(np.mean([r["worst_wrong"] for r in hits])),
         "suggestion_hit_rate": float(np.mean([r["suggested_wrong"] > 0 for r in hits])),
         "round_seconds_mean": float(np.mean([r["seconds"] for r in rows])),
+        "final_wrong_on_drawn_share": sum(r["wrong_on_drawn"] for r in last) / wrong_final if wrong_final else None,
+        "reached_target": int(sum(e["reached_target"] for e in efforts)),
+        "effort_touched_boundary_pixels": touched,
+        "effort_full_boundary_pixels": full,
+        "effort_reduction_pct": sm.effort_reduction_pct(touched, full),
     }
 
 
@@ -135,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validation-dice", type=float, default=None,
                         help="the checkpoint's validation Dice for the fusion (default: what it reports)")
     parser.add_argument("--policy", choices=("residual", "random", "oracle"), default="residual")
+    parser.add_argument("--target-dice", type=float, default=0.9,
+                        help="effort counts the planes touched until the answer first reaches this Dice")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--first-without-background", action="store_true",
                         help="round 1 draws the structures only, as a person who skips the background")
@@ -149,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{options.checkpoint}: the checkpoint does not say its training size")
         size = int(metadata["size"])
         validation_dice = options.validation_dice if options.validation_dice is not None else metadata.get("val_mean_dice")
-    rows = []
+    rows: list[dict] = []
+    efforts: list[dict] = []
     for image_path, label_path in case_paths(options.data)[: options.limit]:
         case = load_case(image_path, label_path)
         truth = np.asarray(case.label, dtype=np.int64)
@@ -163,14 +207,17 @@ def main(argv: list[str] | None = None) -> None:
             model = predict_volume(network, case.image.array, size=size, device="cpu")
         else:
             model = stand_in_model(options.model, truth, num_classes, rng)
-        for row in simulate_volume(case.image.array, truth, num_classes, model, options.rounds, options.policy, rng,
-                                   validation_dice, case.image.spacing_zyx, options.first_without_background):
+        volume_rows = simulate_volume(case.image.array, truth, num_classes, model, options.rounds, options.policy,
+                                      rng, validation_dice, case.image.spacing_zyx, options.first_without_background)
+        for row in volume_rows:
             rows.append({"case": case.name, **row})
             print(json.dumps(rows[-1]), flush=True)
+        efforts.append({"case": case.name, **volume_effort(truth, volume_rows, options.target_dice)})
     summary = {"model": options.checkpoint or options.model, "validation_dice": validation_dice,
                "policy": options.policy, "rounds": options.rounds,
-               "first_without_background": options.first_without_background, **summarize(rows)}
-    print_and_write(summary, rows, options.out)
+               "first_without_background": options.first_without_background, "target_dice": options.target_dice,
+               **summarize(rows, efforts)}
+    print_and_write(summary, rows, options.out, {"volumes": efforts})
 
 
 def data_paths(directory: str, limit: int | None) -> list[tuple[Path, Path | None]]:
@@ -182,12 +229,12 @@ def data_paths(directory: str, limit: int | None) -> list[tuple[Path, Path | Non
         raise SystemExit(str(error)) from None
 
 
-def print_and_write(summary: dict, rows: list[dict], out: str | None) -> None:
-    """Print a benchmark's summary; write it and its rows as JSON to ``out`` when given."""
+def print_and_write(summary: dict, rows: list[dict], out: str | None, extra: dict | None = None) -> None:
+    """Print a benchmark's summary; write it, its rows and ``extra`` as JSON to ``out`` when given."""
     print(json.dumps(summary, indent=1))
     if out:
         with open(out, "w", encoding="utf-8") as handle:
-            json.dump({"summary": summary, "rows": rows}, handle, indent=1)
+            json.dump({"summary": summary, "rows": rows, **(extra or {})}, handle, indent=1)
 
 
 if __name__ == "__main__":
