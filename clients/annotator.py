@@ -109,6 +109,45 @@ def choose_slice(
     raise ValueError("every plane of the volume has been drawn")
 
 
+def next_correction(
+    policy: str,
+    truth_zyx: np.ndarray,
+    segmentation_zyx: np.ndarray,
+    suggestion: schemas.Suggestion | None,
+    drawn: set[tuple[int, int]],
+    rng: np.random.Generator,
+    num_classes: int,
+    mode: str = "strokes",
+    axis: int | None = None,
+) -> tuple[int, int, np.ndarray, bool] | None:
+    """(axis, index, 2D drawing, fallback) of the annotator's next round; None when every
+    plane left is right already (nothing to fix).
+
+    The plane is ``choose_slice``'s; one whose ``corrective_scribble`` is empty (no error
+    region worth a stroke) is skipped, as looked at, for the next choice, and a ``residual``
+    annotator then picks at random (``fallback`` True, as when the suggestion is missing or
+    already drawn).
+    """
+    truth = np.asarray(truth_zyx)
+    segmentation = np.asarray(segmentation_zyx)
+    looked = set(drawn)
+    fallback = policy == "residual" and not usable_suggestion(suggestion, drawn)
+    chooser = policy
+    while True:
+        try:
+            plane_axis, index = choose_slice(chooser, truth, segmentation, suggestion, looked, rng, axis)
+        except ValueError:  # every plane looked at
+            return None
+        drawing = corrective_scribble(
+            np.take(truth, index, axis=plane_axis), np.take(segmentation, index, axis=plane_axis), num_classes, mode
+        )
+        if (drawing != UNLABELLED).any():
+            return plane_axis, index, drawing, fallback
+        looked.add((plane_axis, index))
+        if chooser == "residual":  # the suggested plane is right: look elsewhere
+            chooser, fallback = "random", True
+
+
 def _innermost_point(region: np.ndarray) -> tuple[int, int]:
     """The pixel of ``region`` farthest from its border (its centre, even when not convex)."""
     depth = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
@@ -422,27 +461,15 @@ class SimulatedAnnotator:
         self, truth: np.ndarray, segmentation: np.ndarray, suggestion: schemas.Suggestion | None,
         drawn: set[tuple[int, int]], rng: np.random.Generator,
     ) -> tuple[int, int, np.ndarray, bool] | None:
-        """(axis, index, scribble volume, fallback) of the next round; a chosen slice that is
-        already right is skipped (it counts as looked at) for the next choice."""
-        looked = set(drawn)
-        fallback = self.policy == "residual" and not usable_suggestion(suggestion, drawn)
-        policy = self.policy
-        while True:
-            try:
-                axis, index = choose_slice(policy, truth, segmentation, suggestion, looked, rng, self.axis)
-            except ValueError:  # every plane looked at
-                return None
-            truth_2d = np.take(truth, index, axis=axis)
-            drawing = corrective_scribble(
-                truth_2d, np.take(segmentation, index, axis=axis), self.num_classes, self.mode
-            )
-            if (drawing != UNLABELLED).any():
-                scribble = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
-                np.moveaxis(scribble, axis, 0)[index] = drawing
-                return axis, index, scribble, fallback
-            looked.add((axis, index))
-            if policy == "residual":  # the suggested slice is right: look elsewhere
-                policy, fallback = "oracle" if self.policy == "oracle" else "random", True
+        """(axis, index, scribble volume, fallback) of the next round (``next_correction``)."""
+        choice = next_correction(self.policy, truth, segmentation, suggestion, drawn, rng, self.num_classes,
+                                 self.mode, self.axis)
+        if choice is None:
+            return None
+        axis, index, drawing, fallback = choice
+        scribble = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+        np.moveaxis(scribble, axis, 0)[index] = drawing
+        return axis, index, scribble, fallback
 
     def _download_round(self, round_id: int, name: str) -> np.ndarray:
         with tempfile.TemporaryDirectory() as tmp:

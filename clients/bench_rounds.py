@@ -10,10 +10,11 @@ Dice it reports, or ``--validation-dice``).
 Per round it reports the mean foreground Dice of the fused answer and of the proxy alone,
 the model's weight, where the suggestion for the next round lands (wrong voxels on the
 suggested slice against the mean over the undrawn slices (a random pick) and the worst one),
-and how the wrong voxels split between the planes drawn so far and the others. Per volume,
-the stream benchmark's effort (``clients.stream_metrics``): ground-truth boundary pixels of
-the planes touched until the answer first reaches ``--target-dice`` (all of them when it never
-does), against those of every plane along the annotation axis.
+how the wrong voxels split between the planes drawn so far and the others (and the share of
+the voxels those planes hold), and the rounds that lowered the fused Dice. Per volume, the
+stream benchmark's effort (``clients.stream_metrics``): ground-truth boundary pixels of the
+planes the annotator drew on until the answer first reaches ``--target-dice`` (none when the
+model's opening does; all of them when it never does), against those of every z plane.
 
     python -m clients.bench_rounds --data ../shared/data/acdc/val --limit 4 --rounds 4 --model uniform
 """
@@ -31,9 +32,8 @@ from clients import stream_metrics as sm
 from clients.annotator import (
     NOTHING,
     answer_before_first_round,
-    choose_slice,
-    corrective_scribble,
     mean_foreground_dice,
+    next_correction,
     structures_only,
 )
 from learner.data import case_paths, load_case
@@ -76,8 +76,10 @@ def simulate_volume(
     suggestion = opening_suggestion(model, reliability=0.0, spacing_zyx=spacing_zyx)
     rows = []
     for number in range(rounds):
-        axis, index = choose_slice(policy, truth, answer, suggestion, planes, rng)
-        drawing = corrective_scribble(np.take(truth, index, axis), np.take(answer, index, axis), num_classes)
+        choice = next_correction(policy, truth, answer, suggestion, planes, rng, num_classes)
+        if choice is None:  # nothing left to fix on any plane
+            break
+        axis, index, drawing, fallback = choice
         if first_without_background and number == 0:
             drawing = structures_only(drawing)
         planes.add((axis, index))
@@ -98,6 +100,7 @@ def simulate_volume(
         rows.append({
             "round": number + 1,
             "slice": [axis, index],
+            "fallback": fallback,
             "stroke_voxels": int((drawing != UNLABELLED).sum()),
             "dice_model": mean_foreground_dice(dice_per_class(model.argmax(axis=0), truth, num_classes)),
             "dice_fused": mean_foreground_dice(dice_per_class(answer, truth, num_classes)),
@@ -109,6 +112,7 @@ def simulate_volume(
             "worst_wrong": int(np.max(wrong[undrawn])) if undrawn else None,
             "wrong_on_drawn": int((on_drawn & (answer != truth)).sum()),
             "wrong_elsewhere": int((~on_drawn & (answer != truth)).sum()),
+            "drawn_voxel_share": float(on_drawn.mean()),
             "seconds": seconds,
         })
     return rows
@@ -122,12 +126,20 @@ def drawn_plane_mask(shape: tuple[int, ...], planes: set[tuple[int, int]]) -> np
     return mask
 
 
-def volume_effort(truth: np.ndarray, rows: list[dict], target_dice: float) -> dict:
-    """One volume's effort as the stream benchmark counts it (module docstring)."""
+#: A round "lowers" the answer when its fused Dice falls by more than this from the round before.
+DROP_TOLERANCE = 0.005
+
+
+def volume_effort(truth: np.ndarray, rows: list[dict], target_dice: float, opening_dice: float) -> dict:
+    """One volume's effort as the stream benchmark's annotator spends it (module docstring):
+    nothing when the opening (the model's answer, ``opening_dice``) already reaches
+    ``target_dice``; a round with nothing to draw on its plane is not counted; counting stops
+    at the first round that reaches the target."""
     touched = []
-    reached = False
-    for row in rows:
-        touched.append(tuple(row["slice"]))
+    reached = opening_dice >= target_dice
+    for row in [] if reached else rows:
+        if row["stroke_voxels"] > 0:
+            touched.append(tuple(row["slice"]))
         if row["dice_fused"] >= target_dice:
             reached = True
             break
@@ -138,27 +150,55 @@ def volume_effort(truth: np.ndarray, rows: list[dict], target_dice: float) -> di
     }
 
 
+def rounds_lowering_dice(rows: list[dict]) -> int:
+    """Rounds whose fused Dice is more than DROP_TOLERANCE below the previous round's of the
+    same volume (rows in order, one ``case`` per volume)."""
+    count = 0
+    for before, after in zip(rows, rows[1:], strict=False):
+        same_volume = before.get("case") == after.get("case") and after["round"] == before["round"] + 1
+        count += same_volume and after["dice_fused"] < before["dice_fused"] - DROP_TOLERANCE
+    return int(count)
+
+
+def final_rows(rows: list[dict]) -> list[dict]:
+    """The last round's row of each volume (rows in order; a volume's rounds count from 1)."""
+    following = [*rows[1:], None] if rows else []
+    return [row for row, after in zip(rows, following, strict=True) if after is None or after["round"] == 1]
+
+
+def _mean(values: list) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
 def summarize(rows: list[dict], efforts: list[dict] | None = None) -> dict:
-    last = [r for r in rows if r["round"] == max(x["round"] for x in rows)]
+    """The benchmark's summary of ``rows`` (all volumes, in order) and the volumes' ``efforts``;
+    a volume whose opening needed no round has effort rows only."""
+    last = final_rows(rows)
     hits = [r for r in rows if r["suggested_wrong"] is not None and r["random_wrong"] is not None]
     wrong_final = sum(r["wrong_on_drawn"] + r["wrong_elsewhere"] for r in last)
     efforts = efforts or []
     touched = sum(e["touched_boundary_pixels"] for e in efforts)
     full = sum(e["full_boundary_pixels"] for e in efforts)
     return {
-        "volumes": len(last),
-        "final_dice_fused": float(np.mean([r["dice_fused"] for r in last])),
-        "final_dice_proxy": float(np.mean([r["dice_proxy"] for r in last])),
-        "dice_model": float(np.mean([r["dice_model"] for r in last])),
+        "volumes": len(efforts) if efforts else len(last),
+        "final_dice_fused": _mean([r["dice_fused"] for r in last]),
+        "final_dice_proxy": _mean([r["dice_proxy"] for r in last]),
+        "dice_model": _mean([r["dice_model"] for r in last]),
+        "rounds_run": len(rows),
         "rounds_fused_below_model": int(sum(r["dice_fused"] < r["dice_model"] for r in rows)),
-        "fused_minus_proxy_all_rounds": float(np.mean([r["dice_fused"] - r["dice_proxy"] for r in rows])),
-        "mean_model_weight": float(np.mean([r["model_weight"] for r in rows])),
-        "suggested_slice_wrong_voxels": float(np.mean([r["suggested_wrong"] for r in hits])),
-        "random_undrawn_slice_wrong_voxels": float(np.mean([r["random_wrong"] for r in hits])),
-        "worst_undrawn_slice_wrong_voxels": float(np.mean([r["worst_wrong"] for r in hits])),
-        "suggestion_hit_rate": float(np.mean([r["suggested_wrong"] > 0 for r in hits])),
-        "round_seconds_mean": float(np.mean([r["seconds"] for r in rows])),
+        "fused_minus_proxy_all_rounds": _mean([r["dice_fused"] - r["dice_proxy"] for r in rows]),
+        "mean_model_weight": _mean([r["model_weight"] for r in rows]),
+        "suggested_slice_wrong_voxels": _mean([r["suggested_wrong"] for r in hits]),
+        "random_undrawn_slice_wrong_voxels": _mean([r["random_wrong"] for r in hits]),
+        "worst_undrawn_slice_wrong_voxels": _mean([r["worst_wrong"] for r in hits]),
+        "suggestion_hit_rate": _mean([r["suggested_wrong"] > 0 for r in hits]),
+        "round_seconds_mean": _mean([r["seconds"] for r in rows]),
+        "rounds_lowering_dice": rounds_lowering_dice(rows),
+        # residual: rounds whose suggested plane held no error worth a stroke (or was drawn)
+        "fallbacks": int(sum(r["fallback"] for r in rows)),
+        # where the error left sits, against the share of the voxels that lie on drawn planes
         "final_wrong_on_drawn_share": sum(r["wrong_on_drawn"] for r in last) / wrong_final if wrong_final else None,
+        "final_drawn_voxel_share": _mean([r["drawn_voxel_share"] for r in last]),
         "reached_target": int(sum(e["reached_target"] for e in efforts)),
         "effort_touched_boundary_pixels": touched,
         "effort_full_boundary_pixels": full,
@@ -212,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         for row in volume_rows:
             rows.append({"case": case.name, **row})
             print(json.dumps(rows[-1]), flush=True)
-        efforts.append({"case": case.name, **volume_effort(truth, volume_rows, options.target_dice)})
+        opening_dice = mean_foreground_dice(dice_per_class(model.argmax(axis=0), truth, num_classes))
+        efforts.append({"case": case.name, **volume_effort(truth, volume_rows, options.target_dice, opening_dice)})
     summary = {"model": options.checkpoint or options.model, "validation_dice": validation_dice,
                "policy": options.policy, "rounds": options.rounds,
                "first_without_background": options.first_without_background, "target_dice": options.target_dice,

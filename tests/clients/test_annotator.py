@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.annotator import choose_slice, corrective_scribble, effort_of, usable_suggestion
+from clients.annotator import (
+    choose_slice,
+    corrective_scribble,
+    effort_of,
+    next_correction,
+    usable_suggestion,
+)
 from registration.io.volume import UNLABELLED
 from registration.round import compute_round
 from registration.synthetic import synthetic_volume
@@ -184,3 +190,18 @@ def test_corrective_rounds_through_the_round_computation_improve_the_answer():
     # the propagation fade the structure sooner on the far side (registration.slice_propagation's
     # fade scale follows the gap between annotated slices); the next round's slice fixes it.
     assert history[-1] > history[0] and history[-1] > 0.95, history
+
+
+def test_next_correction_skips_a_plane_with_nothing_worth_a_stroke():
+    truth = np.zeros((6, 20, 20), dtype=np.int64)
+    truth[:, 5:15, 5:15] = 1
+    answer = truth.copy()
+    answer[4, 5:15, 5:10] = 0  # plane 4: a missed region of 50 pixels
+    answer[1, 5, 5:8] = 0  # plane 1: 3 wrong pixels, under the size a person fixes
+    rng = np.random.default_rng(0)
+    axis, index, drawing, fallback = next_correction("residual", truth, answer, _suggestion(0, 4), set(), rng, 2)
+    assert (axis, index, fallback) == (0, 4, False) and (drawing == 1).any()
+    # the suggestion points at plane 1: nothing to draw there, so the plane with the error, at random
+    axis, index, drawing, fallback = next_correction("residual", truth, answer, _suggestion(0, 1), set(), rng, 2)
+    assert (axis, index, fallback) == (0, 4, True) and drawing.shape == (20, 20)
+    assert next_correction("random", truth, truth, None, set(), rng, 2) is None  # nothing to fix anywhere
