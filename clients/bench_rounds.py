@@ -145,6 +145,7 @@ def volume_effort(truth: np.ndarray, rows: list[dict], target_dice: float, openi
             break
     return {
         "reached_target": reached,
+        "final_dice": rows[-1]["dice_fused"] if rows else opening_dice,
         "touched_boundary_pixels": sm.touched_boundary_pixels(truth, touched),
         "full_boundary_pixels": int(sm.boundary_pixels_per_slice(truth, 0).sum()),
     }
@@ -171,17 +172,22 @@ def _mean(values: list) -> float | None:
 
 
 def summarize(rows: list[dict], efforts: list[dict] | None = None) -> dict:
-    """The benchmark's summary of ``rows`` (all volumes, in order) and the volumes' ``efforts``;
-    a volume whose opening needed no round has effort rows only."""
+    """The benchmark's summary of ``rows`` (all volumes, in order) and the volumes' ``efforts``
+    (``volume_effort``, one per volume); a volume whose opening needed no round has no rows."""
     last = final_rows(rows)
     hits = [r for r in rows if r["suggested_wrong"] is not None and r["random_wrong"] is not None]
-    wrong_final = sum(r["wrong_on_drawn"] + r["wrong_elsewhere"] for r in last)
+    wrong_on_drawn_shares = [
+        r["wrong_on_drawn"] / (r["wrong_on_drawn"] + r["wrong_elsewhere"])
+        for r in last if r["wrong_on_drawn"] + r["wrong_elsewhere"] > 0
+    ]
     efforts = efforts or []
     touched = sum(e["touched_boundary_pixels"] for e in efforts)
     full = sum(e["full_boundary_pixels"] for e in efforts)
     return {
         "volumes": len(efforts) if efforts else len(last),
-        "final_dice_fused": _mean([r["dice_fused"] for r in last]),
+        # a volume whose opening left nothing to fix ends with the opening's Dice
+        "final_dice_fused": _mean([e["final_dice"] for e in efforts]) if efforts else _mean(
+            [r["dice_fused"] for r in last]),
         "final_dice_proxy": _mean([r["dice_proxy"] for r in last]),
         "dice_model": _mean([r["dice_model"] for r in last]),
         "rounds_run": len(rows),
@@ -194,10 +200,11 @@ def summarize(rows: list[dict], efforts: list[dict] | None = None) -> dict:
         "suggestion_hit_rate": _mean([r["suggested_wrong"] > 0 for r in hits]),
         "round_seconds_mean": _mean([r["seconds"] for r in rows]),
         "rounds_lowering_dice": rounds_lowering_dice(rows),
-        # residual: rounds whose suggested plane held no error worth a stroke (or was drawn)
+        # residual: rounds whose suggestion was missing, already drawn or held nothing worth a stroke
         "fallbacks": int(sum(r["fallback"] for r in rows)),
         # where the error left sits, against the share of the voxels that lie on drawn planes
-        "final_wrong_on_drawn_share": sum(r["wrong_on_drawn"] for r in last) / wrong_final if wrong_final else None,
+        # (both means over the volumes of their last round's share)
+        "final_wrong_on_drawn_share": _mean(wrong_on_drawn_shares),
         "final_drawn_voxel_share": _mean([r["drawn_voxel_share"] for r in last]),
         "reached_target": int(sum(e["reached_target"] for e in efforts)),
         "effort_touched_boundary_pixels": touched,
@@ -240,7 +247,9 @@ def main(argv: list[str] | None = None) -> None:
         num_classes = max(int(truth.max()) + 1, 2) if network is None else network_config.num_classes
         if int(truth.max()) >= num_classes:
             raise SystemExit(f"{case.name}: labels up to {int(truth.max())}, the network predicts {num_classes} classes")
-        rng = np.random.default_rng([options.seed, len(rows)])
+        # seeded by the volume's place (as when every volume ran all its rounds), not by the
+        # rows so far: a volume that ends early must not change the next one's draws
+        rng = np.random.default_rng([options.seed, len(efforts) * options.rounds])
         if network is not None:
             from learner.inference import predict_volume
 

@@ -55,6 +55,7 @@ def test_a_perfect_model_leaves_nothing_to_draw(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["rows"] == [] and report["summary"]["volumes"] == 2
     assert report["summary"]["reached_target"] == 2 and report["summary"]["effort_touched_boundary_pixels"] == 0
+    assert report["summary"]["final_dice_fused"] == 1.0  # the opening's
 
 
 def _row(plane, dice, strokes=5):
@@ -67,9 +68,11 @@ def test_volume_effort_counts_the_planes_drawn_on_until_the_target():
         truth[z, 1:1 + width, 1:1 + width] = 1
     full = 4 + 8 + 12 + 16
     rows = [_row((0, 0), 0.5), _row((0, 2), 0.95), _row((0, 3), 0.97)]
-    assert volume_effort(truth, rows, 0.9, 0.2) == {"reached_target": True, "touched_boundary_pixels": 16,
+    assert volume_effort(truth, rows, 0.9, 0.2) == {"reached_target": True, "final_dice": 0.97,
+                                                    "touched_boundary_pixels": 16,
                                                "full_boundary_pixels": full}
-    assert volume_effort(truth, rows, 0.99, 0.2) == {"reached_target": False, "touched_boundary_pixels": 32,
+    assert volume_effort(truth, rows, 0.99, 0.2) == {"reached_target": False, "final_dice": 0.97,
+                                                     "touched_boundary_pixels": 32,
                                                 "full_boundary_pixels": full}
     # a plane with nothing to fix is not drawn on; a y plane counts its own boundary pixels
     rows = [_row((0, 1), 0.5, strokes=0), _row((1, 2), 0.95)]
@@ -77,8 +80,8 @@ def test_volume_effort_counts_the_planes_drawn_on_until_the_target():
     assert y_plane > 0
     assert volume_effort(truth, rows, 0.9, 0.2)["touched_boundary_pixels"] == y_plane
     # an opening already at the target needs no round at all
-    assert volume_effort(truth, [_row((0, 3), 0.97)], 0.9, 0.93) == {
-        "reached_target": True, "touched_boundary_pixels": 0, "full_boundary_pixels": full}
+    assert volume_effort(truth, [], 0.9, 0.93) == {
+        "reached_target": True, "final_dice": 0.93, "touched_boundary_pixels": 0, "full_boundary_pixels": full}
     mask = drawn_plane_mask(truth.shape, {(0, 1), (2, 5)})
     assert mask[1].all() and mask[:, :, 5].all() and not mask[0, :, :5].any()
     assert int(mask.sum()) == 8 * 8 + 4 * 8 - 8
