@@ -171,7 +171,7 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize(rows: list[dict], efforts: list[dict] | None = None) -> dict:
+def summarize(rows: list[dict], efforts: list[dict]) -> dict:
     """The benchmark's summary of ``rows`` (all volumes, in order) and the volumes' ``efforts``
     (``volume_effort``, one per volume); a volume whose opening needed no round has no rows."""
     last = final_rows(rows)
@@ -180,14 +180,12 @@ def summarize(rows: list[dict], efforts: list[dict] | None = None) -> dict:
         r["wrong_on_drawn"] / (r["wrong_on_drawn"] + r["wrong_elsewhere"])
         for r in last if r["wrong_on_drawn"] + r["wrong_elsewhere"] > 0
     ]
-    efforts = efforts or []
     touched = sum(e["touched_boundary_pixels"] for e in efforts)
     full = sum(e["full_boundary_pixels"] for e in efforts)
     return {
-        "volumes": len(efforts) if efforts else len(last),
+        "volumes": len(efforts),
         # a volume whose opening left nothing to fix ends with the opening's Dice
-        "final_dice_fused": _mean([e["final_dice"] for e in efforts]) if efforts else _mean(
-            [r["dice_fused"] for r in last]),
+        "final_dice_fused": _mean([e["final_dice"] for e in efforts]),
         "final_dice_proxy": _mean([r["dice_proxy"] for r in last]),
         "dice_model": _mean([r["dice_model"] for r in last]),
         "rounds_run": len(rows),
