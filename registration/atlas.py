@@ -26,6 +26,10 @@ ATLAS_CONFIDENCE = 0.25
 SHRINK_FACTORS = (4, 2, 1)
 SMOOTHING_SIGMAS = (2.0, 1.0, 0.0)
 ITERATIONS = 100
+#: Seed of the metric's random voxel sample. Not 0: SimpleITK reads seed 0 as ``sitkWallClock``,
+#: which drew another sample on every call, so one image and atlas registered differently from
+#: run to run (a test's registered correlation of a look-alike varied around 0.8).
+SAMPLING_SEED = 1
 
 
 @dataclass
@@ -67,7 +71,7 @@ def register_affine(
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.25, seed=0)
+    method.SetMetricSamplingPercentage(0.25, seed=SAMPLING_SEED)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-4, numberOfIterations=ITERATIONS, gradientMagnitudeTolerance=1e-6

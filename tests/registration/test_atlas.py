@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from registration.atlas import ATLAS_CONFIDENCE, propagate_from_atlas, registered_correlation
+from registration.atlas import ATLAS_CONFIDENCE, propagate_from_atlas, register_affine, registered_correlation
 from registration.synthetic import synthetic_volume
 
 
@@ -33,6 +33,14 @@ def test_similarity_tells_a_registered_copy_from_another_image():
     alike = propagate_from_atlas(atlas.image, atlas.labels, copy, 3).similarity
     unlike = propagate_from_atlas(atlas.image, atlas.labels, other, 3).similarity
     assert alike > 0.8 and unlike < alike - 0.2, (alike, unlike)
+
+
+def test_atlas_registration_is_the_same_on_every_call():
+    """The metric's random sample is seeded (SimpleITK's seed 0 would mean the wall clock)."""
+    atlas = synthetic_volume((20, 48, 40), num_classes=3, seed=1)
+    image = np.roll(atlas.image, (1, 4, -3), axis=(0, 1, 2))
+    first, second = (np.array(register_affine(image, atlas.image).GetParameters()) for _ in range(2))
+    np.testing.assert_allclose(first, second, rtol=0, atol=1e-6)
 
 
 def test_registered_correlation_needs_an_overlap():
