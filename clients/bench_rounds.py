@@ -11,7 +11,8 @@ Per round it reports the mean foreground Dice of the fused answer and of the pro
 the model's weight, where the suggestion for the next round lands (wrong voxels on the
 suggested slice against the mean over the undrawn slices (a random pick) and the worst one),
 how the wrong voxels split between the planes drawn so far and the others (and the share of
-the voxels those planes hold), and the rounds that lowered the fused Dice. Per volume, the
+the voxels those planes hold), the rounds that lowered the fused Dice, and the first rounds
+that left it below the model's opening (the answer the user corrected). Per volume, the
 stream benchmark's effort (``clients.stream_metrics``): ground-truth boundary pixels of the
 planes the annotator drew on until the answer first reaches ``--target-dice`` (none when the
 model's opening does; all of them when it never does), against those of every z plane.
@@ -74,6 +75,7 @@ def simulate_volume(
     planes: set[tuple[int, int]] = set()
     answer = answer_before_first_round(model.argmax(axis=0))
     suggestion = opening_suggestion(model, reliability=0.0, spacing_zyx=spacing_zyx)
+    shown_dice = opening_dice(model, truth, num_classes)
     rows = []
     for number in range(rounds):
         choice = next_correction(policy, truth, answer, suggestion, planes, rng, num_classes)
@@ -103,6 +105,7 @@ def simulate_volume(
             "fallback": fallback,
             "stroke_voxels": int((drawing != UNLABELLED).sum()),
             "dice_model": mean_foreground_dice(dice_per_class(model.argmax(axis=0), truth, num_classes)),
+            "dice_shown": shown_dice,  # of the answer this round corrected (round 1: the opening)
             "dice_fused": mean_foreground_dice(dice_per_class(answer, truth, num_classes)),
             "dice_proxy": mean_foreground_dice(dice_per_class(result.proxy_labels.astype(np.int64), truth,
                                                               num_classes)),
@@ -115,7 +118,13 @@ def simulate_volume(
             "drawn_voxel_share": float(on_drawn.mean()),
             "seconds": seconds,
         })
+        shown_dice = rows[-1]["dice_fused"]
     return rows
+
+
+def opening_dice(model: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
+    """Mean foreground Dice of the model's opening (its argmax) against ``truth``."""
+    return mean_foreground_dice(dice_per_class(model.argmax(axis=0), truth, num_classes))
 
 
 def drawn_plane_mask(shape: tuple[int, ...], planes: set[tuple[int, int]]) -> np.ndarray:
@@ -161,6 +170,12 @@ def rounds_lowering_dice(rows: list[dict]) -> int:
     return int(count)
 
 
+def first_rounds_below_opening(rows: list[dict]) -> int:
+    """Volumes whose round 1 left a fused Dice more than DROP_TOLERANCE below the opening's
+    (``dice_shown`` of round 1): the user drew, and the answer got worse than what they saw."""
+    return int(sum(r["round"] == 1 and r["dice_fused"] < r["dice_shown"] - DROP_TOLERANCE for r in rows))
+
+
 def final_rows(rows: list[dict]) -> list[dict]:
     """The last round's row of each volume (rows in order; a volume's rounds count from 1)."""
     following = [*rows[1:], None] if rows else []
@@ -198,6 +213,7 @@ def summarize(rows: list[dict], efforts: list[dict]) -> dict:
         "suggestion_hit_rate": _mean([r["suggested_wrong"] > 0 for r in hits]),
         "round_seconds_mean": _mean([r["seconds"] for r in rows]),
         "rounds_lowering_dice": rounds_lowering_dice(rows),
+        "first_rounds_below_opening": first_rounds_below_opening(rows),
         # residual: rounds whose suggestion was missing, already drawn or held nothing worth a stroke
         "fallbacks": int(sum(r["fallback"] for r in rows)),
         # where the error left sits, against the share of the voxels that lie on drawn planes
@@ -259,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         for row in volume_rows:
             rows.append({"case": case.name, **row})
             print(json.dumps(rows[-1]), flush=True)
-        opening_dice = mean_foreground_dice(dice_per_class(model.argmax(axis=0), truth, num_classes))
-        efforts.append({"case": case.name, **volume_effort(truth, volume_rows, options.target_dice, opening_dice)})
+        efforts.append({"case": case.name, **volume_effort(truth, volume_rows, options.target_dice,
+                                                            opening_dice(model, truth, num_classes))})
     summary = {"model": options.checkpoint or options.model, "validation_dice": validation_dice,
                "policy": options.policy, "rounds": options.rounds,
                "first_without_background": options.first_without_background, "target_dice": options.target_dice,

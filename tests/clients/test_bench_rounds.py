@@ -13,6 +13,7 @@ from clients.bench_rounds import (
     DROP_TOLERANCE,
     drawn_plane_mask,
     final_rows,
+    first_rounds_below_opening,
     main,
     rounds_lowering_dice,
     volume_effort,
@@ -47,6 +48,10 @@ def test_rounds_report_fused_proxy_and_model_dice(tmp_path, with_checkpoint, cap
     assert summary["effort_full_boundary_pixels"] > 0 and summary["target_dice"] == 0.9
     assert all(0.0 < r["drawn_voxel_share"] <= 1.0 for r in rows)
     assert report["volumes"][0]["reached_target"] == (summary["reached_target"] == 1)
+    # each round corrects the answer before it: round 1 the model's opening
+    assert rows[0]["dice_shown"] == rows[0]["dice_model"]
+    assert all(after["dice_shown"] == before["dice_fused"] for before, after in zip(rows, rows[1:], strict=False))
+    assert summary["first_rounds_below_opening"] == int(rows[0]["dice_fused"] < rows[0]["dice_shown"] - DROP_TOLERANCE)
 
 
 def test_a_perfect_model_leaves_nothing_to_draw(tmp_path):
@@ -94,3 +99,9 @@ def test_rounds_lowering_dice_counts_drops_within_a_volume():
     assert rounds_lowering_dice(rows) == 1  # 0.797 -> 0.70; 0.80 -> 0.797 is within the tolerance
     assert DROP_TOLERANCE == 0.005
     assert [r["round"] for r in final_rows(rows)] == [3, 2]
+
+
+def test_first_rounds_below_opening_counts_round_one_against_what_was_shown():
+    rows = [{"round": 1, "dice_shown": 0.80, "dice_fused": 0.70}, {"round": 2, "dice_shown": 0.70, "dice_fused": 0.60},
+            {"round": 1, "dice_shown": 0.80, "dice_fused": 0.797}, {"round": 1, "dice_shown": 0.0, "dice_fused": 0.5}]
+    assert first_rounds_below_opening(rows) == 1  # the later drop and the one within the tolerance do not count

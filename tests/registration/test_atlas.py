@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from registration.atlas import ATLAS_CONFIDENCE, propagate_from_atlas, register_affine, registered_correlation
+from registration.atlas import (
+    ATLAS_CONFIDENCE,
+    propagate_from_atlas,
+    register_affine,
+    registered_correlation,
+)
 from registration.synthetic import synthetic_volume
 
 
