@@ -75,7 +75,8 @@ def simulate_volume(
     planes: set[tuple[int, int]] = set()
     answer = answer_before_first_round(model.argmax(axis=0))
     suggestion = opening_suggestion(model, reliability=0.0, spacing_zyx=spacing_zyx)
-    shown_dice = opening_dice(model, truth, num_classes)
+    model_dice = opening_dice(model, truth, num_classes)
+    dice_shown = model_dice
     rows = []
     for number in range(rounds):
         choice = next_correction(policy, truth, answer, suggestion, planes, rng, num_classes)
@@ -104,8 +105,8 @@ def simulate_volume(
             "slice": [axis, index],
             "fallback": fallback,
             "stroke_voxels": int((drawing != UNLABELLED).sum()),
-            "dice_model": mean_foreground_dice(dice_per_class(model.argmax(axis=0), truth, num_classes)),
-            "dice_shown": shown_dice,  # of the answer this round corrected (round 1: the opening)
+            "dice_model": model_dice,
+            "dice_shown": dice_shown,  # of the answer this round corrected (round 1: the opening)
             "dice_fused": mean_foreground_dice(dice_per_class(answer, truth, num_classes)),
             "dice_proxy": mean_foreground_dice(dice_per_class(result.proxy_labels.astype(np.int64), truth,
                                                               num_classes)),
@@ -118,7 +119,7 @@ def simulate_volume(
             "drawn_voxel_share": float(on_drawn.mean()),
             "seconds": seconds,
         })
-        shown_dice = rows[-1]["dice_fused"]
+        dice_shown = rows[-1]["dice_fused"]
     return rows
 
 
@@ -139,13 +140,13 @@ def drawn_plane_mask(shape: tuple[int, ...], planes: set[tuple[int, int]]) -> np
 DROP_TOLERANCE = 0.005
 
 
-def volume_effort(truth: np.ndarray, rows: list[dict], target_dice: float, opening_dice: float) -> dict:
+def volume_effort(truth: np.ndarray, rows: list[dict], target_dice: float, opening: float) -> dict:
     """One volume's effort as the stream benchmark's annotator spends it (module docstring):
-    nothing when the opening (the model's answer, ``opening_dice``) already reaches
+    nothing when the opening (the model's answer, of Dice ``opening``) already reaches
     ``target_dice``; a round with nothing to draw on its plane is not counted; counting stops
     at the first round that reaches the target."""
     touched = []
-    reached = opening_dice >= target_dice
+    reached = opening >= target_dice
     for row in [] if reached else rows:
         if row["stroke_voxels"] > 0:
             touched.append(tuple(row["slice"]))
@@ -154,26 +155,27 @@ def volume_effort(truth: np.ndarray, rows: list[dict], target_dice: float, openi
             break
     return {
         "reached_target": reached,
-        "final_dice": rows[-1]["dice_fused"] if rows else opening_dice,
+        "final_dice": rows[-1]["dice_fused"] if rows else opening,
         "touched_boundary_pixels": sm.touched_boundary_pixels(truth, touched),
         "full_boundary_pixels": int(sm.boundary_pixels_per_slice(truth, 0).sum()),
     }
 
 
+def _lowered(row: dict) -> bool:
+    """The round left the fused Dice more than DROP_TOLERANCE below the answer it corrected."""
+    return row["dice_fused"] < row["dice_shown"] - DROP_TOLERANCE
+
+
 def rounds_lowering_dice(rows: list[dict]) -> int:
-    """Rounds whose fused Dice is more than DROP_TOLERANCE below the previous round's of the
-    same volume (rows in order, one ``case`` per volume)."""
-    count = 0
-    for before, after in zip(rows, rows[1:], strict=False):
-        same_volume = before.get("case") == after.get("case") and after["round"] == before["round"] + 1
-        count += same_volume and after["dice_fused"] < before["dice_fused"] - DROP_TOLERANCE
-    return int(count)
+    """Rounds after the first whose fused Dice is more than DROP_TOLERANCE below the previous
+    round's (its ``dice_shown``)."""
+    return int(sum(r["round"] > 1 and _lowered(r) for r in rows))
 
 
 def first_rounds_below_opening(rows: list[dict]) -> int:
-    """Volumes whose round 1 left a fused Dice more than DROP_TOLERANCE below the opening's
-    (``dice_shown`` of round 1): the user drew, and the answer got worse than what they saw."""
-    return int(sum(r["round"] == 1 and r["dice_fused"] < r["dice_shown"] - DROP_TOLERANCE for r in rows))
+    """Volumes whose round 1 left a fused Dice more than DROP_TOLERANCE below the model's
+    opening (``dice_shown`` of round 1): the user drew, and the answer got worse than what they saw."""
+    return int(sum(r["round"] == 1 and _lowered(r) for r in rows))
 
 
 def final_rows(rows: list[dict]) -> list[dict]:

@@ -460,8 +460,8 @@ def test_a_trained_project_opens_a_look_alike_with_the_atlas_and_scores_both_ope
     opened = open_session(client, second, annotator_headers).json()
     assert opened["prediction_source"] == "atlas" and opened["model_version"] == 1
     similarity = opened["opening_scores"]["similarity"]
-    # 0.797 in one CI run against a bound of 0.8, when every registration drew a new random sample
-    # (registration.atlas.SAMPLING_SEED); an unrelated image scores far lower (tests/registration/test_atlas.py)
+    # the bound leaves room for other machines' thread counts (0.797 in one CI run when the registration
+    # still drew a new random sample per call); an unrelated image scores far lower (tests/registration/test_atlas.py)
     assert similarity > 0.7, opened["opening_scores"]
     model_opening = download_volume(client, opened["links"]["alternative"], annotator_headers, tmp_path, "m.nii.gz")
     atlas_opening = download_volume(client, opened["links"]["prediction"], annotator_headers, tmp_path, "a.nii.gz")
