@@ -136,8 +136,6 @@ def drawn_plane_mask(shape: tuple[int, ...], planes: set[tuple[int, int]]) -> np
     return mask
 
 
-#: A round "lowers" the answer when its fused Dice falls by more than this from the round before.
-DROP_TOLERANCE = 0.005
 
 
 def volume_effort(truth: np.ndarray, rows: list[dict], target_dice: float, opening: float) -> dict:
@@ -161,21 +159,16 @@ def volume_effort(truth: np.ndarray, rows: list[dict], target_dice: float, openi
     }
 
 
-def _lowered(row: dict) -> bool:
-    """The round left the fused Dice more than DROP_TOLERANCE below the answer it corrected."""
-    return row["dice_fused"] < row["dice_shown"] - DROP_TOLERANCE
-
-
 def rounds_lowering_dice(rows: list[dict]) -> int:
-    """Rounds after the first whose fused Dice is more than DROP_TOLERANCE below the previous
-    round's (its ``dice_shown``)."""
-    return int(sum(r["round"] > 1 and _lowered(r) for r in rows))
+    """Rounds after the first that lowered the fused Dice (``stream_metrics.lowered``) below the
+    previous round's (their ``dice_shown``)."""
+    return int(sum(r["round"] > 1 and sm.lowered(r["dice_shown"], r["dice_fused"]) for r in rows))
 
 
 def first_rounds_below_opening(rows: list[dict]) -> int:
-    """Volumes whose round 1 left a fused Dice more than DROP_TOLERANCE below the model's
-    opening (``dice_shown`` of round 1): the user drew, and the answer got worse than what they saw."""
-    return int(sum(r["round"] == 1 and _lowered(r) for r in rows))
+    """Volumes whose round 1 lowered the fused Dice below the model's opening (``dice_shown`` of
+    round 1): the user drew, and the answer got worse than what they saw."""
+    return int(sum(r["round"] == 1 and sm.lowered(r["dice_shown"], r["dice_fused"]) for r in rows))
 
 
 def final_rows(rows: list[dict]) -> list[dict]:

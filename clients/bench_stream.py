@@ -542,11 +542,15 @@ def summarize(volumes: list[dict], extra: dict) -> dict:
         "forgetting": extra.pop("forgetting", None),
     }
     first_stroke, last_stroke = sm.thirds([v["effort"]["stroke_voxels"] for v in volumes])
+    lowering = [sm.rounds_lowering(v["opening_dice"], [r["dice"] for r in v["rounds"]]) for v in volumes]
     paired = [v for v in volumes if v.get("alternative_dice") is not None]
     summary.update({
         "reached_target_fraction": summary["reached_target"] / len(volumes) if volumes else None,
         "rounds": len(rounds),
         "mean_rounds_per_volume": len(rounds) / len(volumes) if volumes else None,
+        # rounds that left the answer worse than the one the user corrected (stream_metrics.lowered)
+        "first_rounds_below_opening": sum(first for first, _ in lowering),
+        "rounds_lowering_dice": sum(later for _, later in lowering),
         "mean_stroke_voxel_ratio": sm.mean(v["effort"]["stroke_voxel_ratio"] for v in volumes),
         "stroke_voxels_first_third": first_stroke,
         "stroke_voxels_last_third": last_stroke,

@@ -14,6 +14,8 @@ Definitions (one place for each):
   (on the same axis) that do — the chance that a random undrawn slice is a hit.
 - forgetting: per early image, Dice right after the model learned it minus Dice of the
   final model on it, averaged.
+- a round that lowered the answer: its Dice more than ``DROP_TOLERANCE`` below the Dice of
+  the answer it corrected (for the first round, the opening the user was shown).
 - gate error: a promoted version whose holdout Dice is below the version it replaced
   (the serving one when it was gated) by more than the tolerance.
 """
@@ -142,6 +144,24 @@ def thirds(values: Sequence[float | None]) -> tuple[float | None, float | None]:
         return None, None
     size = max(1, math.ceil(len(values) / 3))
     return mean(values[:size]), mean(values[-size:])
+
+
+#: A round "lowers" the answer when its Dice falls by more than this below the answer it corrected.
+DROP_TOLERANCE = 0.005
+
+
+def lowered(dice_before: float, dice_after: float) -> bool:
+    """The round took the answer from ``dice_before`` to more than DROP_TOLERANCE below it."""
+    return dice_after < dice_before - DROP_TOLERANCE
+
+
+def rounds_lowering(opening_dice: float, round_dice: Sequence[float]) -> tuple[bool, int]:
+    """(the first round lowered the opening's Dice, how many later rounds lowered the Dice of
+    the round before) for one image's rounds in order."""
+    if not round_dice:
+        return False, 0
+    later = sum(lowered(before, after) for before, after in zip(round_dice, round_dice[1:], strict=False))
+    return lowered(opening_dice, round_dice[0]), int(later)
 
 
 def first_fifth(count: int) -> int:

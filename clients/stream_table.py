@@ -13,7 +13,8 @@ from clients.stream_metrics import SUMMARY_KEYS
 
 #: Further summary keys worth a row (when present).
 EXTRA_KEYS = (
-    "errors", "rounds", "mean_rounds_per_volume", "mean_stroke_voxel_ratio", "suggestion_error_voxels_mean",
+    "errors", "rounds", "mean_rounds_per_volume", "first_rounds_below_opening", "rounds_lowering_dice",
+    "mean_stroke_voxel_ratio", "suggestion_error_voxels_mean",
     "random_slice_error_voxels_mean", "round_latency_with_job_p50_s", "round_latency_with_job_p95_s",
     "round_latency_without_job_p50_s", "round_latency_without_job_p95_s", "rounds_with_job", "rounds_without_job",
     "gate_errors", "gate_missed_improvements", "model_versions", "online_steps_serving_lineage",

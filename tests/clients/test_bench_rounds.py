@@ -10,7 +10,6 @@ import torch
 
 from clients import stream_metrics as sm
 from clients.bench_rounds import (
-    DROP_TOLERANCE,
     drawn_plane_mask,
     final_rows,
     first_rounds_below_opening,
@@ -100,7 +99,7 @@ def test_rounds_lowering_dice_counts_drops_within_a_volume():
             {"case": "b", "round": 2, "dice_shown": 0.30, "dice_fused": 0.31}]
     # 0.797 -> 0.70; 0.80 -> 0.797 is within the tolerance; a first round is not compared here
     assert rounds_lowering_dice(rows) == 1
-    assert DROP_TOLERANCE == 0.005
+    assert sm.DROP_TOLERANCE == 0.005
     assert [r["round"] for r in final_rows(rows)] == [3, 2]
 
 

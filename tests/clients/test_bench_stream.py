@@ -93,6 +93,13 @@ def test_bench_stream_end_to_end(stream_dirs, tmp_path):
     assert 0.0 <= summary["suggestion_hit_rate"] <= 1.0 and 0.0 <= summary["random_slice_hit_rate"] <= 1.0
     assert summary["mean_effort_reduction_pct"] == pytest.approx(
         np.mean([v["effort"]["effort_reduction_pct"] for v in report["volumes"]]))
+    dice_shown_then_returned = [
+        pair for v in report["volumes"]
+        for pair in zip([v["opening_dice"]] + [r["dice"] for r in v["rounds"]], [r["dice"] for r in v["rounds"]],
+                        strict=False)
+    ]
+    drops = sum(after < before - 0.005 for before, after in dice_shown_then_returned)
+    assert summary["first_rounds_below_opening"] + summary["rounds_lowering_dice"] == drops
 
     # Every model version was scored on the holdout; the serving one is the online result.
     versions = {v["version"] for v in report["learning_curve"]["versions"]}

@@ -117,3 +117,10 @@ def test_summary_table_has_a_row_per_summary_key_and_a_column_per_report():
     assert rows["volumes"] == "| volumes | 3 | 4 |"
     assert rows["mean_final_dice"] == "| mean_final_dice | 0.912 | – |"
     assert rows["errors"] == "| errors | 0 | – |" and "gate_errors" not in rows
+
+
+def test_rounds_lowering_counts_the_first_round_against_the_opening_and_the_rest_against_the_round_before():
+    assert sm.lowered(0.80, 0.79) and not sm.lowered(0.80, 0.797) and not sm.lowered(0.5, 0.9)
+    assert sm.rounds_lowering(0.80, [0.70, 0.75, 0.60, 0.598, 0.9]) == (True, 1)
+    assert sm.rounds_lowering(0.0, [0.5, 0.4]) == (False, 1)
+    assert sm.rounds_lowering(0.9, []) == (False, 0)
