@@ -136,8 +136,6 @@ def drawn_plane_mask(shape: tuple[int, ...], planes: set[tuple[int, int]]) -> np
     return mask
 
 
-
-
 def volume_effort(truth: np.ndarray, rows: list[dict], target_dice: float, opening: float) -> dict:
     """One volume's effort as the stream benchmark's annotator spends it (module docstring):
     nothing when the opening (the model's answer, of Dice ``opening``) already reaches
