@@ -74,8 +74,9 @@ class TrainJob:
     batch drawn uniformly over the images stored so far, as offline training would; the
     server queues one after each accept job, see ``is_consolidation`` and ``stops``).
 
-    base_version: the version whose weights are fine-tuned; None = the serving version
-        when the job starts (so a queued job builds on whatever was promoted meanwhile).
+    base_version: the version whose weights are fine-tuned; None = the registry's training head
+        when the job starts: the serving version, or the newest member of a serving average
+        (so a queued job builds on whatever was promoted meanwhile).
     reference_version: the version frozen when work on this image started, whose
         prediction is P_prev in the label-smoothing target; None = base_version.
     images_seen: images of the stream seen before this one (the schedule's n).
@@ -184,7 +185,7 @@ class TrainResult:
     project_id: str
     image_id: str
     round_id: str
-    version: int  # the new version
+    version: int  # the new version the gate judged: the fine-tuned one or its average
     parent: int  # the version it was fine-tuned from
     reference_version: int  # the version whose prediction was P_prev
     promoted: bool
@@ -196,6 +197,7 @@ class TrainResult:
     train_seconds: float  # the optimiser steps only
     gate: dict  # GateDecision.to_dict(): candidate/serving Dice, tolerance, number of images
     replay_stored: bool
+    fine_tuned_version: int | None = None  # the job's fine-tuned version (= version unless an average was judged)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -280,7 +282,7 @@ def run_train_job(
     started = time.perf_counter()
     settings = OnlineSettings.from_dict(job.settings)
     device = select_device() if device is None else torch.device(device)
-    base = job.base_version if job.base_version is not None else registry.serving_version()
+    base = job.base_version if job.base_version is not None else registry.training_head()
     if base is None:
         raise RegistryError("the project has no model version yet (create the initial version first)")
     reference = job.reference_version if job.reference_version is not None else base
@@ -311,16 +313,16 @@ def run_train_job(
         base_version=base,
     )
     tail = update.losses[-max(1, len(update.losses) // 10) :]
+    identifiers = {"project_id": job.project_id, "image_id": job.image_id, "round_id": job.round_id,
+                   "job_id": job.job_id}
+    metadata = {"size": settings.size, "method": "online"}
     candidate = registry.add_candidate(
         model,
         config,
         parent=base,
         source={
             "kind": "consolidation" if job.is_consolidation else "online",
-            "project_id": job.project_id,
-            "image_id": job.image_id,
-            "round_id": job.round_id,
-            "job_id": job.job_id,
+            **identifiers,
             "reference_version": reference,
         },
         metrics={
@@ -332,11 +334,15 @@ def run_train_job(
             "reference_reliability": prepared.reliability if prepared is not None else None,
             "kept_share": update.kept_share,
         },
-        metadata={"size": settings.size, "method": "online"},
+        metadata=metadata,
     )
+    average = None
+    line = registry.averaging_line(candidate.version, settings.serve_average)
+    if len(line) > 1:
+        average = registry.add_average(line, source=identifiers, metadata=metadata, device=device).version
     decision = registry.promote_or_reject(
         candidate.version, validation, settings.promotion_tolerance, size=settings.size, device=device,
-        in_sample=job.validation_in_sample,
+        in_sample=job.validation_in_sample, average=average,
     )
     stored = False
     if replay is not None and prepared is not None:
@@ -346,7 +352,7 @@ def run_train_job(
         project_id=job.project_id,
         image_id=job.image_id,
         round_id=job.round_id,
-        version=candidate.version,
+        version=decision.candidate,
         parent=base,
         reference_version=reference,
         promoted=decision.promoted,
@@ -358,6 +364,7 @@ def run_train_job(
         train_seconds=update.seconds,
         gate=decision.to_dict(),
         replay_stored=stored,
+        fine_tuned_version=candidate.version,
     )
 
 

@@ -89,7 +89,8 @@ class UpdateCancelled(RuntimeError):
 #: would hold the worker for hours or run out of memory. Checked by :func:`check_setting_change`
 #: on changes only, so settings stored before the bounds existed still load.
 ONLINE_UPPER_BOUNDS = {"size": 1024, "batch_size": 64, "replay_per_batch": 63, "replay_capacity": 1000,
-                       "replay_slices_per_image": 512, "schedule_images": 100_000}
+                       "replay_slices_per_image": 512, "schedule_images": 100_000,
+                       "serve_average": 20}
 
 
 def check_setting_change(change: dict) -> None:
@@ -137,6 +138,9 @@ class OnlineSettings:
     replay_policy: str = "fifo"  # "fifo" or "reservoir" (see learner.replay)
     replay_slices_per_image: int = 32  # slices of each image stored for replay (every slice of most volumes)
     promotion_tolerance: float = 0.02  # allowed drop of mean validation Dice at the promotion gate
+    # K: the gate also weighs the mean weights of the job's version and the K − 1 it descends from, and
+    # serves the better (learner.averaging, learner.registry); 1: no averaging.
+    serve_average: int = 3
     precision: str = "auto"  # training steps: "auto" = bf16 autocast where the CPU/GPU computes bf16 natively, else fp32
     seed: int = 0
 
@@ -151,6 +155,8 @@ class OnlineSettings:
             raise ValueError(f"confidence_mode must be one of {CONFIDENCE_MODES}, got {self.confidence_mode!r}")
         if self.replay_policy not in REPLAY_POLICIES:
             raise ValueError(f"replay_policy must be one of {REPLAY_POLICIES}, got {self.replay_policy!r}")
+        if self.serve_average < 1:
+            raise ValueError(f"serve_average must be at least 1, got {self.serve_average}")
         if self.schedule_images < 1:
             raise ValueError(f"schedule_images must be at least 1, got {self.schedule_images}")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -15,6 +15,14 @@ reason for it:
     retired     served earlier, replaced by a newer promoted version
     candidate   trained, not yet through the promotion gate
     rejected    failed the gate: kept and listed, never served
+    averaged    a fine-tuned version served only inside an average version (below): the
+                next job fine-tunes it, but it was never served on its own
+
+An average version (source kind ``average``) holds the mean weights of the newest
+fine-tuned version and the versions it descends from (``learner.averaging``); its
+``members`` are those versions, oldest first, and its parent the newest of them. The gate
+measures the fine-tuned version and its average alike and serves the better one, so the
+line of fine-tuning goes on under an average (:meth:`ModelRegistry.training_head`).
 
 The promotion gate (:meth:`ModelRegistry.promote_or_reject`): on the project's
 validation images (accepted labels held out from training) the candidate's mean Dice
@@ -58,7 +66,7 @@ import torch
 
 from registration.io.atomic import write_json_atomic
 
-VERSION_STATUSES = ("serving", "retired", "candidate", "rejected")
+VERSION_STATUSES = ("serving", "retired", "candidate", "rejected", "averaged")
 _MANIFEST = "manifest.json"
 _MANIFEST_FORMAT = 1
 
@@ -72,7 +80,9 @@ class CheckpointMismatch(ValueError):
 
 
 #: Source kinds of versions trained by online jobs, each judged by the promotion gate.
-TRAINED_SOURCES = ("online", "consolidation")
+TRAINED_SOURCES = ("online", "consolidation", "average")
+#: Source kinds of versions an average version can be made of: trained weights, not averages.
+AVERAGEABLE_SOURCES = ("imported", "online", "consolidation")
 
 
 @dataclass
@@ -125,6 +135,12 @@ class GateDecision:
     best_dice: float | None = None  # the best served version's Dice on these images (>= serving_dice)
     best_version: int | None = None
     in_sample: bool = False  # measured on images the candidate trained on (no held-out image yet)
+    # With an average version in the running: the job's fine-tuned version and the average
+    # (``candidate`` is whichever of the two the gate judged), with their Dice when measured.
+    fine_tuned: int | None = None
+    fine_tuned_dice: float | None = None
+    average: int | None = None
+    average_dice: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -238,6 +254,34 @@ class ModelRegistry:
 
     def serving_record(self) -> VersionRecord | None:
         return next((r for r in self.versions() if r.status == "serving"), None)
+
+    def training_head(self) -> int | None:
+        """The version the next job fine-tunes: the serving one or, when that is an average
+        version, its newest member (training goes on from the line, not from the mean)."""
+        record = self.serving_record()
+        if record is None:
+            return None
+        if record.source.get("kind") == "average":
+            return int(record.source["members"][-1])
+        return record.version
+
+    def averaging_line(self, version: int, count: int) -> list[int]:
+        """Up to ``count`` versions ending with ``version``, oldest first: it and the versions it
+        was fine-tuned from, following parents while they are trained weights of the same network
+        (the untrained version, an average, or another architecture ends the line)."""
+        by_version = {r.version: r for r in self.versions()}
+        if version not in by_version:
+            raise RegistryError(f"no model version {version} in {self.root}")
+        newest = by_version[version]
+        line = [version]
+        parent = newest.parent
+        while len(line) < count and parent in by_version:
+            record = by_version[parent]
+            if record.source.get("kind") not in AVERAGEABLE_SOURCES or record.network != newest.network:
+                break
+            line.insert(0, record.version)
+            parent = record.parent
+        return line
 
     def network_config(self, version: int | None = None):
         """NetworkConfig of ``version`` (default: the serving one)."""
@@ -433,6 +477,35 @@ class ModelRegistry:
             reason="awaiting the promotion gate", metrics=metrics, metadata=metadata,
         )
 
+    def add_average(
+        self,
+        members: Sequence[int],
+        *,
+        source: dict | None = None,
+        metadata: dict | None = None,
+        device: torch.device | None = None,
+    ) -> VersionRecord:
+        """Store the mean weights of ``members`` (oldest first, see :meth:`averaging_line`) as a
+        new candidate whose parent is the newest member. ``source`` adds to the record's source
+        (e.g. the job's identifiers); ``metadata`` goes into the checkpoint, as in add_candidate."""
+        from learner.averaging import average_weights
+
+        members = [int(m) for m in members]
+        if len(members) < 2:
+            raise ValueError(f"an average needs at least two versions, got {members}")
+        records = [self.record(m) for m in members]
+        models = [self.load(m, device=device)[0] for m in members]
+        config = self.network_config(members[-1])
+        averaged = average_weights(models)
+        return self._add(
+            averaged, config, parent=members[-1],
+            source={**(source or {}), "kind": "average", "members": members},
+            status="candidate", reason="awaiting the promotion gate",
+            metrics={"steps": 0, "members": len(members),
+                     "member_steps": sum(int(r.metrics.get("steps") or 0) for r in records)},
+            metadata=metadata,
+        )
+
     # -- the gate ------------------------------------------------------------------------
     def _update(self, version: int, **changes) -> VersionRecord:
         records = self._read()
@@ -485,6 +558,7 @@ class ModelRegistry:
         size: int,
         device: torch.device | None = None,
         in_sample: bool = False,
+        average: int | None = None,
     ) -> GateDecision:
         """Make ``candidate`` the serving version, or reject it (see the module docstring).
 
@@ -492,16 +566,24 @@ class ModelRegistry:
         version's metrics (reused while the validation set is unchanged). ``in_sample``: the
         cases are accepted training images, not held out (the reason says so, and they do
         not count against an imported serving version).
+
+        ``average``: a candidate average version whose newest member is ``candidate``. Both are
+        measured and the better one (the average on a tie) is gated; when the average is served,
+        ``candidate`` becomes ``averaged``, and when ``candidate`` is, the average is rejected.
+        With nothing to measure on, ``candidate`` is the one judged.
         """
         if tolerance < 0:
             raise ValueError(f"tolerance must not be negative, got {tolerance}")
-        record = self.record(candidate)
-        if record.status != "candidate":
-            raise RegistryError(f"version {candidate} is {record.status}, not a candidate")
+        for version in (candidate, average):
+            if version is not None and (status := self.record(version).status) != "candidate":
+                raise RegistryError(f"version {version} is {status}, not a candidate")
+        if average is not None and self.record(average).source.get("members", [None])[-1] != candidate:
+            raise RegistryError(f"version {average} is not an average ending with version {candidate}")
         key = validation_key(validation_cases, size) if validation_cases else None
         for _attempt in range(3):  # the serving version may change while we measure
             serving = self.serving_version()
-            candidate_dice = serving_dice = best_dice = best_version = None
+            judged = candidate
+            candidate_dice = serving_dice = best_dice = best_version = fine_tuned_dice = average_dice = None
             if serving is None:
                 promoted, reason = True, "no serving version yet"
             elif (not validation_cases or in_sample) and self.record(serving).source.get("kind") == "imported":
@@ -513,7 +595,12 @@ class ModelRegistry:
             else:
                 prefix = "fit" if in_sample else "val"
                 serving_dice = self._validation_dice(serving, validation_cases, key, size, device, prefix)
-                candidate_dice = self._validation_dice(candidate, validation_cases, key, size, device, prefix)
+                candidate_dice = fine_tuned_dice = self._validation_dice(
+                    candidate, validation_cases, key, size, device, prefix)
+                if average is not None:
+                    average_dice = self._validation_dice(average, validation_cases, key, size, device, prefix)
+                    if average_dice >= fine_tuned_dice:
+                        judged, candidate_dice = average, average_dice
                 best_version, best_dice = self._best_served(key, serving, serving_dice, prefix)
                 promoted = candidate_dice >= best_dice - tolerance
                 relation = ">=" if promoted else "<"
@@ -524,12 +611,22 @@ class ModelRegistry:
                     f"{measure} {candidate_dice:.4f} {relation} {best_dice:.4f} "
                     f"(version {best_version}, {which}) - tolerance {tolerance:g} on {len(validation_cases)} {images}"
                 )
+                if average is not None:
+                    reason += (f"; the average of versions {self.record(average).source['members']} scored "
+                               f"{average_dice:.4f}, the fine-tuned version {candidate} {fine_tuned_dice:.4f}")
             with self._locked():
                 if serving != next((r.version for r in self._read() if r.status == "serving"), None):
                     continue
-                self._update(candidate, status="serving" if promoted else "rejected", reason=reason)
+                self._update(judged, status="serving" if promoted else "rejected", reason=reason)
+                if average is not None and judged == average:
+                    self._update(candidate, status="averaged" if promoted else "rejected", reason=(
+                        f"served inside the average version {average}; the next job fine-tunes it"
+                        if promoted else reason))
+                elif average is not None:
+                    self._update(average, status="rejected", reason=(
+                        f"the fine-tuned version {candidate} was judged instead: {reason}"))
             return GateDecision(
-                candidate=candidate,
+                candidate=judged,
                 serving=serving,
                 promoted=promoted,
                 reason=reason,
@@ -540,6 +637,10 @@ class ModelRegistry:
                 best_dice=best_dice,
                 best_version=best_version,
                 in_sample=bool(in_sample and validation_cases),
+                fine_tuned=candidate if average is not None else None,
+                fine_tuned_dice=fine_tuned_dice if average is not None else None,
+                average=average,
+                average_dice=average_dice,
             )
         raise RegistryError(f"the serving version kept changing while gating version {candidate}")
 

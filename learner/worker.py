@@ -362,15 +362,18 @@ def _run_leased(task, job: TrainJob, coordination: JobCoordination) -> dict:
 
 def _version_of_job(registry, job_id: str) -> dict | None:
     """The result of a version that ``job_id`` stored already (the worker died before acknowledging)."""
-    record = next((r for r in registry.versions() if r.source.get("job_id") == job_id), None)
-    if record is None:
+    stored = [r for r in registry.versions() if r.source.get("job_id") == job_id]
+    if not stored:
         return None
+    # The fine-tuned version and maybe its average: the one the gate served, else the newest.
+    fine_tuned = stored[0]
+    record = next((r for r in stored if r.status in ("serving", "retired")), stored[-1])
     return {
         "job_id": job_id, "project_id": record.source.get("project_id"), "image_id": record.source.get("image_id"),
-        "round_id": record.source.get("round_id"), "version": record.version, "parent": record.parent,
+        "round_id": record.source.get("round_id"), "version": record.version, "parent": fine_tuned.parent,
         "promoted": record.status in ("serving", "retired"), "reason": record.reason,
-        "serving_version": registry.serving_version(), "steps": int(record.metrics.get("steps", 0)),
-        "redelivered": True,
+        "serving_version": registry.serving_version(), "steps": int(fine_tuned.metrics.get("steps", 0)),
+        "fine_tuned_version": fine_tuned.version, "redelivered": True,
     }
 
 

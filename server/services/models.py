@@ -47,7 +47,8 @@ def import_checkpoint(db, hub: ModelHub, principal, project, path: Path, filenam
 
 def version_out(record: VersionRecord) -> ModelVersionOut:
     """A registry ``VersionRecord`` as the API shows it."""
-    promoted = {"serving": True, "retired": True, "rejected": False}.get(record.status)
+    # An "averaged" version was served only inside an average version, never on its own.
+    promoted = {"serving": True, "retired": True, "rejected": False, "averaged": False}.get(record.status)
     if record.source.get("kind") in ("init", "imported"):
         promoted = True if record.status in ("serving", "retired") else promoted
     return ModelVersionOut(

@@ -14,6 +14,7 @@
     promoted: { name: "promoted", color: "#2563eb", symbol: "circle", size: 10 },
     rejected: { name: "rejected", color: "#dc2626", symbol: "triangle", size: 13 },
     candidate: { name: "candidate", color: "#6b7280", symbol: "emptyCircle", size: 10 },
+    averaged: { name: "served in an average", color: "#93c5fd", symbol: "emptyCircle", size: 8 },
   };
   const JOB_COLORS = {
     succeeded: "#2563eb", failed: "#dc2626", running: "#d97706", queued: "#9ca3af", superseded: "#a78bfa",
@@ -175,6 +176,7 @@
     const status = version.details && version.details.status;
     if (status === "rejected") return "rejected";
     if (status === "candidate") return "candidate";
+    if (status === "averaged") return "averaged";
     return "promoted";
   }
 

@@ -540,7 +540,11 @@ def test_a_job_on_a_rounds_outputs_raises_held_out_dice_and_one_on_an_inverted_p
                    **inverted)
     wrong = run_train_job(job, registry, replay, device="cpu")
     assert not wrong.promoted, wrong.reason
-    assert wrong.gate["candidate_dice"] < wrong.gate["serving_dice"] - 0.2
+    # The gate weighed the fine-tuned version and its average with the learned one: both lost.
+    assert wrong.gate["average"] is not None and wrong.gate["fine_tuned"] == wrong.fine_tuned_version
+    assert wrong.gate["fine_tuned_dice"] < wrong.gate["serving_dice"] - 0.2
+    assert wrong.gate["candidate_dice"] < wrong.gate["serving_dice"] - wrong.gate["tolerance"]
+    assert {registry.record(v).status for v in (wrong.fine_tuned_version, wrong.gate["average"])} == {"rejected"}
     assert registry.serving_version() == learned.version
     assert held_out_dice(registry.load()[0], test) == pytest.approx(after)
 

@@ -80,11 +80,17 @@ def test_accept_is_followed_by_a_consolidation_job_and_version(client, admin_hea
     by_version = {v["version"]: v for v in models["versions"]}
     assert by_version[accept_job["result_version"]]["source"] == "online"
     version = by_version[job["result_version"]]
-    assert version["source"] == "consolidation", version
-    assert [v["version"] for v in models["versions"] if v["source"] == "consolidation"] == [job["result_version"]]
-    source = version["details"]["source"]
+    # The job's result is the version the gate judged: its fine-tuned one, or the average of
+    # that one and the accept job's (learner.averaging), whose newest member it is.
+    fine_tuned = by_version[version["parent"]] if version["source"] == "average" else version
+    if version["source"] == "average":
+        assert version["details"]["source"]["members"] == [accept_job["result_version"], fine_tuned["version"]]
+        assert version["details"]["source"]["job_id"] == fine_tuned["details"]["source"]["job_id"]
+    assert fine_tuned["source"] == "consolidation", version
+    assert [v["version"] for v in models["versions"] if v["source"] == "consolidation"] == [fine_tuned["version"]]
+    source = fine_tuned["details"]["source"]
     assert source["project_id"] == str(project["id"]) and source["image_id"] == ""
-    assert version["metrics"]["steps"] == 3  # the project's consolidation_steps
+    assert fine_tuned["metrics"]["steps"] == 3  # the project's consolidation_steps
     assert version["metrics"]["fit_dice"] is not None and "val_dice" not in version["metrics"], version
     # The promotion gate judged it, and the job reports that decision.
     assert version["promoted"] is job["promoted"] is not None
@@ -192,6 +198,9 @@ def test_consolidation_steps_in_learning_settings(client, admin_headers, annotat
     assert jobs[2]["state"] == "succeeded", jobs
     version = client.get(f"{API}/projects/{project['id']}/models/{jobs[2]['result_version']}",
                          headers=annotator_headers).json()
+    if version["source"] == "average":  # the gate judged the mean of it and the accept job's version
+        version = client.get(f"{API}/projects/{project['id']}/models/{version['parent']}",
+                             headers=annotator_headers).json()
     assert version["source"] == "consolidation" and version["metrics"]["steps"] == 4
 
     # 0 (none) is a valid value
