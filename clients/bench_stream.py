@@ -645,8 +645,8 @@ def _run(url: str, token: str, stream: list[StreamImage],
         jobs_by_id = {j.id: j for j in jobs}
         models = admin.list_models(project.id)
         versions = [{"version": v.version, "created_at": v.created_at, "promoted": bool(v.promoted),
-                     # A version served only inside an average was judged through the average.
-                     "gated": v.source in TRAINED_SOURCES and v.details.get("status") != "averaged"}
+                     # Of a job's fine-tuned version and its average, only the one the gate judged.
+                     "gated": v.source in TRAINED_SOURCES and v.metrics.get("judged", True)}
                     for v in models.versions]
         for volume in shared.volumes:
             job = jobs_by_id.get(volume["accept_job_id"]) if volume["accept_job_id"] is not None else None

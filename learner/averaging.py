@@ -15,34 +15,43 @@ integer buffers (batch-norm's ``num_batches_tracked``) are the newest version's.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 
+def average_state_dicts(states: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean state dict of ``states`` (see the module docstring), summed one at a time in
+    float64, so only one input needs to be in memory; integer tensors are the last one's.
+
+    Raises ValueError for no state dicts, or for state dicts that differ in names or shapes.
+    """
+    total: dict[str, torch.Tensor] | None = None
+    newest: dict[str, torch.Tensor] = {}
+    count = 0
+    for position, state in enumerate(states):
+        if total is None:
+            total = {name: t.detach().to(torch.float64, copy=True) for name, t in state.items() if t.is_floating_point()}
+            names, shapes = set(state), {name: t.shape for name, t in state.items()}
+        else:
+            mismatched = sorted(names ^ set(state)) or [n for n in names if state[n].shape != shapes[n]]
+            if mismatched:
+                raise ValueError(f"model {position} does not match the first model: {mismatched[:3]} differ")
+            for name in total:
+                total[name] += state[name].detach().to(total[name].device, torch.float64)
+        newest = state
+        count += 1
+    if total is None:
+        raise ValueError("averaging needs at least one model")
+    return {name: (total[name] / count).to(t.dtype) if name in total else t.detach().clone()
+            for name, t in newest.items()}
+
+
 def average_weights(models: Sequence[torch.nn.Module]) -> torch.nn.Module:
     """A new model: a copy of ``models[-1]`` holding the mean of the models' floating-point
-    parameters and buffers (see the module docstring); the inputs are left unchanged.
-
-    Raises ValueError for no models, or for models whose state dicts differ in names or shapes.
-    """
+    parameters and buffers (``average_state_dicts``); the inputs are left unchanged."""
     if not models:
-        raise ValueError("average_weights needs at least one model")
-    states = [m.state_dict() for m in models]
-    newest = states[-1]
-    for position, state in enumerate(states[:-1]):
-        mismatched = sorted(set(state) ^ set(newest)) or [
-            name for name in newest if state[name].shape != newest[name].shape
-        ]
-        if mismatched:
-            raise ValueError(f"model {position} does not match the newest model: {mismatched[:3]} differ")
-    averaged = {}
-    for name, tensor in newest.items():
-        if tensor.is_floating_point():
-            stacked = torch.stack([s[name].detach().to(device=tensor.device, dtype=torch.float64) for s in states])
-            averaged[name] = stacked.mean(dim=0).to(tensor.dtype)
-        else:
-            averaged[name] = tensor.detach().clone()
+        raise ValueError("averaging needs at least one model")
     result = copy.deepcopy(models[-1])
-    result.load_state_dict(averaged)
+    result.load_state_dict(average_state_dicts(m.state_dict() for m in models))
     return result

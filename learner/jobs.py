@@ -78,7 +78,8 @@ class TrainJob:
         when the job starts: the serving version, or the newest member of a serving average
         (so a queued job builds on whatever was promoted meanwhile).
     reference_version: the version frozen when work on this image started, whose
-        prediction is P_prev in the label-smoothing target; None = base_version.
+        prediction is P_prev in the label-smoothing target; None = the serving version when
+        the job starts (what an annotator would have been shown).
     images_seen: images of the stream seen before this one (the schedule's n).
     validation: the project's held-out images for the promotion gate.
     validation_in_sample: True when ``validation`` holds accepted training images instead
@@ -186,7 +187,7 @@ class TrainResult:
     image_id: str
     round_id: str
     version: int  # the new version the gate judged: the fine-tuned one or its average
-    parent: int  # the version it was fine-tuned from
+    parent: int  # the version the job fine-tuned (an average ``version``'s own parent is fine_tuned_version)
     reference_version: int  # the version whose prediction was P_prev
     promoted: bool
     reason: str  # why it was promoted or rejected
@@ -285,7 +286,7 @@ def run_train_job(
     base = job.base_version if job.base_version is not None else registry.training_head()
     if base is None:
         raise RegistryError("the project has no model version yet (create the initial version first)")
-    reference = job.reference_version if job.reference_version is not None else base
+    reference = job.reference_version if job.reference_version is not None else registry.serving_version()
     model, config, _ = registry.load(base, device=device, fresh=True)
     if config.num_classes != job.num_classes:
         raise ValueError(f"model version {base} predicts {config.num_classes} classes, the job has {job.num_classes}")
@@ -338,8 +339,8 @@ def run_train_job(
     )
     average = None
     line = registry.averaging_line(candidate.version, settings.serve_average)
-    if len(line) > 1:
-        average = registry.add_average(line, source=identifiers, metadata=metadata, device=device).version
+    if len(line) > 1 and registry.gate_can_measure(validation, job.validation_in_sample):
+        average = registry.add_average(line, source=identifiers, metadata={**metadata, "method": "average"}).version
     decision = registry.promote_or_reject(
         candidate.version, validation, settings.promotion_tolerance, size=settings.size, device=device,
         in_sample=job.validation_in_sample, average=average,

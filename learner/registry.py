@@ -7,8 +7,8 @@ Layout under ``root``::
     .lock                  file lock serialising manifest updates across processes
 
 Versions are numbered 0, 1, 2, ... in creation order. Each record holds its parent
-version, creation time, source (``init`` / ``imported`` / ``online`` with the job's
-identifiers), metrics (validation Dice, training loss, seconds, steps), a status and the
+version, creation time, source (``init`` / ``imported`` / ``online`` / ``consolidation`` /
+``average``, with the job's identifiers), metrics (validation Dice, training loss, seconds, steps), a status and the
 reason for it:
 
     serving     the version predictions use (exactly one once any exists)
@@ -79,7 +79,8 @@ class CheckpointMismatch(ValueError):
     """An imported checkpoint does not fit the project (classes or input channels)."""
 
 
-#: Source kinds of versions trained by online jobs, each judged by the promotion gate.
+#: Source kinds of versions online jobs store, each through the promotion gate (``metrics["judged"]``
+#: False: its sibling of the same job was the one judged, see ``promote_or_reject``).
 TRAINED_SOURCES = ("online", "consolidation", "average")
 #: Source kinds of versions an average version can be made of: trained weights, not averages.
 AVERAGEABLE_SOURCES = ("imported", "online", "consolidation")
@@ -90,7 +91,7 @@ class VersionRecord:
     version: int
     parent: int | None
     created_at: str  # ISO 8601, UTC
-    source: dict  # {"kind": "init" | "imported" | "online" | "consolidation", ...}
+    source: dict  # {"kind": "init" | "imported" | "online" | "consolidation" | "average", ...}
     status: str
     reason: str
     checkpoint: str  # file name under versions/
@@ -268,7 +269,8 @@ class ModelRegistry:
     def averaging_line(self, version: int, count: int) -> list[int]:
         """Up to ``count`` versions ending with ``version``, oldest first: it and the versions it
         was fine-tuned from, following parents while they are trained weights of the same network
-        (the untrained version, an average, or another architecture ends the line)."""
+        (the untrained version, an average, or another architecture ends the line; an imported
+        checkpoint is its first member, since its parent is not what it was trained from)."""
         by_version = {r.version: r for r in self.versions()}
         if version not in by_version:
             raise RegistryError(f"no model version {version} in {self.root}")
@@ -280,7 +282,7 @@ class ModelRegistry:
             if record.source.get("kind") not in AVERAGEABLE_SOURCES or record.network != newest.network:
                 break
             line.insert(0, record.version)
-            parent = record.parent
+            parent = None if record.source.get("kind") == "imported" else record.parent
         return line
 
     def network_config(self, version: int | None = None):
@@ -488,17 +490,21 @@ class ModelRegistry:
         """Store the mean weights of ``members`` (oldest first, see :meth:`averaging_line`) as a
         new candidate whose parent is the newest member. ``source`` adds to the record's source
         (e.g. the job's identifiers); ``metadata`` goes into the checkpoint, as in add_candidate."""
-        from learner.averaging import average_weights
+        from learner.averaging import average_state_dicts
+        from learner.checkpoints import load_checkpoint
+        from learner.networks import build_network
 
         members = [int(m) for m in members]
         if len(members) < 2:
             raise ValueError(f"an average needs at least two versions, got {members}")
         records = [self.record(m) for m in members]
-        models = [self.load(m, device=device)[0] for m in members]
+        # One member in memory at a time, on the CPU, whatever the device and serve_average.
+        states = (load_checkpoint(self.checkpoint_path(m), device="cpu")[0].state_dict() for m in members)
         config = self.network_config(members[-1])
-        averaged = average_weights(models)
+        averaged = build_network(config)
+        averaged.load_state_dict(average_state_dicts(states))
         return self._add(
-            averaged, config, parent=members[-1],
+            averaged.eval(), config, parent=members[-1],
             source={**(source or {}), "kind": "average", "members": members},
             status="candidate", reason="awaiting the promotion gate",
             metrics={"steps": 0, "members": len(members),
@@ -508,21 +514,28 @@ class ModelRegistry:
 
     # -- the gate ------------------------------------------------------------------------
     def _update(self, version: int, **changes) -> VersionRecord:
+        return self._update_many({version: changes})[version]
+
+    def _update_many(self, changes: dict[int, dict]) -> dict[int, VersionRecord]:
+        """Apply ``{version: {field: value, "metrics": {...}}}`` in one manifest write (hold the lock)."""
         records = self._read()
-        record = next((r for r in records if r.version == version), None)
-        if record is None:
-            raise RegistryError(f"no model version {version} in {self.root}")
-        metrics = changes.pop("metrics", None)
-        if metrics:
-            record.metrics.update(metrics)
-        if changes.get("status") == "serving":
-            for r in records:
-                if r.status == "serving" and r.version != version:
-                    r.status, r.reason = "retired", f"replaced by version {version}"
-        for key, value in changes.items():
-            setattr(record, key, value)
+        by_version = {r.version: r for r in records}
+        for version, fields_ in changes.items():
+            record = by_version.get(version)
+            if record is None:
+                raise RegistryError(f"no model version {version} in {self.root}")
+            fields_ = dict(fields_)
+            metrics = fields_.pop("metrics", None)
+            if metrics:
+                record.metrics.update(metrics)
+            if fields_.get("status") == "serving":
+                for r in records:
+                    if r.status == "serving" and r.version != version:
+                        r.status, r.reason = "retired", f"replaced by version {version}"
+            for key, value in fields_.items():
+                setattr(record, key, value)
         self._write(records)
-        return record
+        return {version: by_version[version] for version in changes}
 
     def _validation_dice(
         self, version: int, cases: Sequence[ValidationCase], key: str, size: int, device, prefix: str = "val"
@@ -549,6 +562,13 @@ class ModelRegistry:
                     best = (record.version, float(dice))
         return best
 
+    def gate_can_measure(self, validation_cases: Sequence[ValidationCase], in_sample: bool) -> bool:
+        """Whether the gate would measure a candidate now, rather than promote or reject it unseen."""
+        serving = self.serving_record()
+        if serving is None or not validation_cases:
+            return False
+        return not (in_sample and serving.source.get("kind") == "imported")
+
     def promote_or_reject(
         self,
         candidate: int,
@@ -568,9 +588,11 @@ class ModelRegistry:
         not count against an imported serving version).
 
         ``average``: a candidate average version whose newest member is ``candidate``. Both are
-        measured and the better one (the average on a tie) is gated; when the average is served,
-        ``candidate`` becomes ``averaged``, and when ``candidate`` is, the average is rejected.
-        With nothing to measure on, ``candidate`` is the one judged.
+        measured and the better one (the average on a tie) is judged; when the average is served,
+        ``candidate`` becomes ``averaged``, otherwise the one not judged is rejected with it.
+        With nothing to measure on, ``candidate`` is the one judged. Each records
+        ``metrics["judged"]``. Taking the better of two measurements on the same images makes the
+        gate a little more lenient than one candidate would find it.
         """
         if tolerance < 0:
             raise ValueError(f"tolerance must not be negative, got {tolerance}")
@@ -614,17 +636,19 @@ class ModelRegistry:
                 if average is not None:
                     reason += (f"; the average of versions {self.record(average).source['members']} scored "
                                f"{average_dice:.4f}, the fine-tuned version {candidate} {fine_tuned_dice:.4f}")
+            changes = {judged: {"status": "serving" if promoted else "rejected", "reason": reason}}
+            if average is not None:  # the sibling that was not judged, in the same manifest write
+                changes[judged]["metrics"] = {"judged": True}
+                sibling = candidate if judged == average else average
+                if sibling == candidate and promoted:
+                    status, why = "averaged", f"served inside the average version {average}; the next job fine-tunes it"
+                else:
+                    status, why = "rejected", f"version {judged} of the same job was judged: {reason}"
+                changes[sibling] = {"status": status, "reason": why, "metrics": {"judged": False}}
             with self._locked():
                 if serving != next((r.version for r in self._read() if r.status == "serving"), None):
                     continue
-                self._update(judged, status="serving" if promoted else "rejected", reason=reason)
-                if average is not None and judged == average:
-                    self._update(candidate, status="averaged" if promoted else "rejected", reason=(
-                        f"served inside the average version {average}; the next job fine-tunes it"
-                        if promoted else reason))
-                elif average is not None:
-                    self._update(average, status="rejected", reason=(
-                        f"the fine-tuned version {candidate} was judged instead: {reason}"))
+                self._update_many(changes)
             return GateDecision(
                 candidate=judged,
                 serving=serving,

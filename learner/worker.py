@@ -365,9 +365,9 @@ def _version_of_job(registry, job_id: str) -> dict | None:
     stored = [r for r in registry.versions() if r.source.get("job_id") == job_id]
     if not stored:
         return None
-    # The fine-tuned version and maybe its average: the one the gate served, else the newest.
+    # The fine-tuned version and maybe its average: the one the gate judged (the first before the gate).
     fine_tuned = stored[0]
-    record = next((r for r in stored if r.status in ("serving", "retired")), stored[-1])
+    record = next((r for r in stored if r.metrics.get("judged")), fine_tuned)
     return {
         "job_id": job_id, "project_id": record.source.get("project_id"), "image_id": record.source.get("image_id"),
         "round_id": record.source.get("round_id"), "version": record.version, "parent": fine_tuned.parent,

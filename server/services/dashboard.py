@@ -31,7 +31,9 @@ def project_dashboard(
 ) -> schemas.Dashboard:
     now = now or utcnow()
     curve = curves.learning_curve(ctx, db, project)
-    loss_by_version = {v.version: v.metrics.get("loss") for v in curve.versions}
+    loss_by_version: dict[int, float | None] = {}
+    for v in sorted(curve.versions, key=lambda v: v.version):  # an average shows its fine-tuned member's loss
+        loss_by_version[v.version] = loss_by_version.get(v.parent) if v.source == "average" else v.metrics.get("loss")
     jobs = [
         schemas.DashboardJob(
             **job.model_dump(),

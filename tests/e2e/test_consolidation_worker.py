@@ -61,13 +61,11 @@ def test_accept_job_stops_a_running_consolidation_job_on_the_worker(tmp_path):
         accepted = executor.wait(second, timeout=180)
         assert accepted.state == JobState.SUCCEEDED, (accepted, log.read_text()[-3000:])
 
-        # The stopped consolidation stored nothing; the accept job's version follows the first, and
-        # the mean of the two (learner.averaging) is the gate's other candidate.
+        # The stopped consolidation stored nothing; the accept job's version follows the first.
         versions = registry.versions()
-        assert [r.version for r in versions] == [0, 1, 2, 3]
-        assert [r.source["kind"] for r in versions[1:]] == ["online", "online", "average"]
-        assert versions[2].source["job_id"] == versions[3].source["job_id"] == second
-        assert accepted.result["fine_tuned_version"] == 2 and accepted.result["version"] in (2, 3)
+        assert [r.version for r in versions] == [0, 1, 2]
+        assert [r.source["kind"] for r in versions[1:]] == ["online", "online"]
+        assert versions[2].source["job_id"] == second and accepted.result["version"] == 2
         assert sorted(ReplayBuffer(tmp_path / "replay", SETTINGS["replay_capacity"]).image_ids()) == ["1", "2"]
         assert f"scribbleflow.train[{second}] succeeded" in log.read_text()
     finally:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from learner.averaging import average_weights
-from learner.jobs import TrainJob, run_train_job
+from learner.jobs import TrainJob, ValidationImage, run_train_job
 from learner.networks import NetworkConfig, build_network
 from learner.registry import ModelRegistry, RegistryError
 from learner.replay import ReplayBuffer
@@ -54,7 +54,7 @@ def test_average_weights_is_the_mean_of_parameters_and_batch_norm_statistics():
 def test_average_weights_refuses_different_architectures():
     wide = build_network(NetworkConfig(num_classes=2, channels=[2 * c for c in TINY_CHANNELS],
                                        deep_supervision=False))
-    with pytest.raises(ValueError, match="does not match the newest model"):
+    with pytest.raises(ValueError, match="does not match the first model"):
         average_weights([wide, build_network(tiny_config(2))])
     with pytest.raises(ValueError, match="at least one"):
         average_weights([])
@@ -98,6 +98,20 @@ def test_the_averaging_line_follows_parents_of_trained_weights_of_one_network(tm
         registry.add_average([v4])
 
 
+def test_the_averaging_line_starts_at_an_imported_checkpoint(tmp_path):
+    from learner.checkpoints import save_checkpoint
+
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.create_initial(tiny_config(2), seed=0)
+    (online,) = chain(registry, [network_with_statistics(1)])
+    save_checkpoint(tmp_path / "offline.pt", network_with_statistics(2), tiny_config(2), {"size": SIZE})
+    imported = registry.import_checkpoint(tmp_path / "offline.pt")
+    assert imported.parent == online  # what served before, not what it was trained from
+    after = registry.add_candidate(network_with_statistics(3), tiny_config(2), parent=imported.version,
+                                   source={"kind": "online"}).version
+    assert registry.averaging_line(after, 5) == [imported.version, after]
+
+
 def test_the_gate_serves_an_average_that_scores_as_well_and_training_goes_on_from_its_newest_member(tmp_path):
     registry = ModelRegistry(tmp_path)
     registry.create_initial(tiny_config(2), seed=0)
@@ -113,6 +127,8 @@ def test_the_gate_serves_an_average_that_scores_as_well_and_training_goes_on_fro
     assert decision.average_dice == pytest.approx(decision.fine_tuned_dice) and decision.fine_tuned == fine_tuned.version
     assert registry.serving_version() == average.version
     assert registry.record(fine_tuned.version).status == "averaged"
+    assert registry.record(average.version).metrics["judged"] is True
+    assert registry.record(fine_tuned.version).metrics["judged"] is False
     assert registry.record(v1).status == "retired"
     assert registry.training_head() == fine_tuned.version
     assert f"average of versions [{v1}, {fine_tuned.version}]" in decision.reason
@@ -142,6 +158,7 @@ def test_the_gate_serves_a_fine_tuned_version_that_beats_its_average_and_rejects
                                           average=average.version)
     assert not decision.promoted, decision.reason
     assert {registry.record(v).status for v in (collapsed.version, average.version)} == {"rejected"}
+    assert [registry.record(v).metrics["judged"] for v in (collapsed.version, average.version)].count(True) == 1
     assert registry.serving_version() == good.version == registry.training_head()
 
     unrelated = registry.add_average([weak, good.version])
@@ -154,29 +171,41 @@ def test_the_gate_serves_a_fine_tuned_version_that_beats_its_average_and_rejects
 def test_a_job_fine_tunes_the_newest_member_of_a_serving_average_and_offers_the_gate_its_own(tmp_path):
     registry = new_registry(tmp_path / "registry")
     (v1,) = chain(registry, [supervised_disc_model()])
+    # A copy of v1 and their mean: a tie, so the average serves and the copy is the training head.
     fine_tuned = registry.add_candidate(registry.load(v1, fresh=True)[0], tiny_config(2), parent=v1,
                                         source={"kind": "online"})
     average = registry.add_average([v1, fine_tuned.version])
-    assert registry.promote_or_reject(fine_tuned.version, [], 0.02, size=SIZE, average=average.version).promoted
-    # Without validation images the fine-tuned version is the one judged.
-    assert registry.serving_version() == fine_tuned.version
-    assert registry.record(average.version).status == "rejected"
+    assert registry.promote_or_reject(fine_tuned.version, validation_cases(), 0.02, size=SIZE,
+                                      average=average.version).promoted
+    assert registry.serving_version() == average.version and registry.training_head() == fine_tuned.version
 
-    files = write_project_files(tmp_path / "files", 11, "train")
-    job = TrainJob(project_id="p", image_id="train", round_id="1", image_path=files["image_path"], num_classes=2,
-                   proxy_labels_path=files["label_path"], steps=4, settings={"size": SIZE, "serve_average": 3})
-    result = run_train_job(job, registry, ReplayBuffer(tmp_path / "replay"), device="cpu")
-    assert result.parent == fine_tuned.version and result.fine_tuned_version > average.version
+    gate = []
+    for case in validation_cases():
+        np.save(tmp_path / f"{case.name}-image.npy", case.image)
+        np.save(tmp_path / f"{case.name}-label.npy", case.label)
+        gate.append(ValidationImage(case.name, str(tmp_path / f"{case.name}-image.npy"),
+                                    str(tmp_path / f"{case.name}-label.npy")))
+
+    def job(name: str, seed: int, **fields) -> TrainJob:
+        files = write_project_files(tmp_path / name, seed, name)
+        return TrainJob(project_id="p", image_id=name, round_id="1", image_path=files["image_path"], num_classes=2,
+                        proxy_labels_path=files["label_path"], steps=4, **fields)
+
+    replay = ReplayBuffer(tmp_path / "replay")
+    result = run_train_job(job("a", 11, validation=gate, settings={"size": SIZE, "serve_average": 3}),
+                           registry, replay, device="cpu")
+    assert result.parent == fine_tuned.version  # not the serving average
+    new = registry.record(result.fine_tuned_version)
+    assert new.source["reference_version"] == average.version  # P_prev: what was being served
     assert result.gate["average"] == result.fine_tuned_version + 1
-    assert registry.record(result.gate["average"]).source["members"] == [v1, fine_tuned.version,
-                                                                           result.fine_tuned_version]
-    assert result.version == result.fine_tuned_version  # no validation images: the fine-tuned one serves
+    assert registry.record(result.gate["average"]).source["members"] == [v1, fine_tuned.version, new.version]
+    assert result.version in (new.version, result.gate["average"])
+    assert registry.record(result.version).metrics["judged"] is True
 
-    # With averaging off no average is stored.
-    files = write_project_files(tmp_path / "files2", 12, "other")
-    job = TrainJob(project_id="p", image_id="other", round_id="1", image_path=files["image_path"], num_classes=2,
-                   proxy_labels_path=files["label_path"], steps=4, settings={"size": SIZE, "serve_average": 1})
-    count = len(registry.versions())
-    result = run_train_job(job, registry, ReplayBuffer(tmp_path / "replay"), device="cpu")
-    assert result.gate["average"] is None and len(registry.versions()) == count + 1
-    assert np.isfinite(result.losses).all()
+    # Nothing to measure on (no validation images), or averaging off: no average is stored.
+    for name, seed, fields in (("b", 12, {"settings": {"size": SIZE, "serve_average": 3}}),
+                               ("c", 13, {"validation": gate, "settings": {"size": SIZE, "serve_average": 1}})):
+        count = len(registry.versions())
+        result = run_train_job(job(name, seed, **fields), registry, replay, device="cpu")
+        assert result.gate["average"] is None and len(registry.versions()) == count + 1, name
+        assert result.version == result.fine_tuned_version and "judged" not in registry.record(result.version).metrics

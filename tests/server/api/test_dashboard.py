@@ -110,13 +110,18 @@ def test_dashboard_and_metrics_follow_a_stream(app, client, admin_headers, tmp_p
     jobs = typed.list_jobs(stream.project_id)
     assert [j["id"] for j in data["jobs"]] == [j.id for j in jobs]
     assert data["job_states"] == dict(Counter(j.state for j in jobs))
-    losses = {v.version: v.metrics.get("loss") for v in models.versions}
+    losses: dict[int, float | None] = {}
+    for v in models.versions:  # an average version's loss is that of its fine-tuned member (its parent)
+        losses[v.version] = losses.get(v.parent) if v.source == "average" else v.metrics.get("loss")
     for job in data["jobs"]:
         assert job["state"] == "succeeded" and job["trigger"] == "accept", job
         assert job["loss"] == pytest.approx(losses[job["result_version"]])
         assert 0 < job["run_seconds"] <= job["annotation_to_model_seconds"]
-    statuses = {v["version"]: v["details"]["status"] for v in data["versions"]}
-    assert [version for version, status in statuses.items() if status == "rejected"] == [stream.rejected_version]
+    # Rejected by the gate: only the blank candidate (a job's fine-tuned version or average that the
+    # gate did not judge, because the other one was better, is rejected with metrics.judged false).
+    judged_rejections = [v["version"] for v in data["versions"]
+                         if v["details"]["status"] == "rejected" and v["metrics"].get("judged", True)]
+    assert judged_rejections == [stream.rejected_version], data["versions"]
 
     images = {i["image_id"]: i for i in data["images"]}
     assert data["images_total"] == 4 and data["images_accepted"] == len(stream.accepted_images) == 2

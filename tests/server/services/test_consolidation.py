@@ -83,9 +83,14 @@ def test_accept_is_followed_by_a_consolidation_job_and_version(client, admin_hea
     # The job's result is the version the gate judged: its fine-tuned one, or the average of
     # that one and the accept job's (learner.averaging), whose newest member it is.
     fine_tuned = by_version[version["parent"]] if version["source"] == "average" else version
-    if version["source"] == "average":
-        assert version["details"]["source"]["members"] == [accept_job["result_version"], fine_tuned["version"]]
-        assert version["details"]["source"]["job_id"] == fine_tuned["details"]["source"]["job_id"]
+    # The gate measured fit on the accepted image, so the job stored the average too; the other one lost.
+    (average,) = [v for v in models["versions"] if v["source"] == "average"]
+    assert average["details"]["source"]["members"] == [accept_job["result_version"], fine_tuned["version"]]
+    assert average["details"]["source"]["job_id"] == fine_tuned["details"]["source"]["job_id"]
+    average_judged = version["version"] == average["version"]
+    loser = fine_tuned if average_judged else average
+    assert version["metrics"]["judged"] is True and loser["metrics"]["judged"] is False
+    assert loser["details"]["status"] == ("averaged" if job["promoted"] and average_judged else "rejected")
     assert fine_tuned["source"] == "consolidation", version
     assert [v["version"] for v in models["versions"] if v["source"] == "consolidation"] == [fine_tuned["version"]]
     source = fine_tuned["details"]["source"]
