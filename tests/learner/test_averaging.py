@@ -209,3 +209,23 @@ def test_a_job_fine_tunes_the_newest_member_of_a_serving_average_and_offers_the_
         result = run_train_job(job(name, seed, **fields), registry, replay, device="cpu")
         assert result.gate["average"] is None and len(registry.versions()) == count + 1, name
         assert result.version == result.fine_tuned_version and "judged" not in registry.record(result.version).metrics
+
+
+def test_a_redelivered_job_reports_the_version_its_gate_judged(tmp_path):
+    from learner.worker import _version_of_job
+
+    registry = ModelRegistry(tmp_path)
+    registry.create_initial(tiny_config(2), seed=0)
+    (v1,) = chain(registry, [supervised_disc_model()])
+    job = {"kind": "online", "job_id": "j", "project_id": "p", "image_id": "i", "round_id": "1"}
+    fine_tuned = registry.add_candidate(registry.load(v1, fresh=True)[0], tiny_config(2), parent=v1, source=job,
+                                        metrics={"steps": 7})
+    average = registry.add_average([v1, fine_tuned.version], source={k: v for k, v in job.items() if k != "kind"})
+    # Stored, not yet gated (the worker died in between): the job's own version, not promoted.
+    before = _version_of_job(registry, "j")
+    assert (before["version"], before["promoted"], before["steps"]) == (fine_tuned.version, False, 7)
+    registry.promote_or_reject(fine_tuned.version, validation_cases(), 0.02, size=SIZE, average=average.version)
+    after = _version_of_job(registry, "j")
+    assert (after["version"], after["promoted"], after["parent"]) == (average.version, True, v1)
+    assert after["fine_tuned_version"] == fine_tuned.version and after["steps"] == 7
+    assert after["serving_version"] == average.version and _version_of_job(registry, "other") is None
