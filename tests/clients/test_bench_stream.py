@@ -106,7 +106,15 @@ def test_bench_stream_end_to_end(stream_dirs, tmp_path):
     assert {int(v) for v in report["holdout"]["versions"]} == versions
     assert summary["online_holdout_dice"] == report["holdout"]["versions"][str(summary["serving_version"])][
         "mean_dice"]
-    assert summary["online_steps_serving_lineage"] == 2 * (len(versions) - 1)  # two steps per online version
+    by_version = {v["version"]: v for v in report["learning_curve"]["versions"]}
+    lineage, version = [], summary["serving_version"]
+    while version is not None and len(lineage) <= len(by_version):
+        lineage.append(by_version[version])
+        version = by_version[version]["parent"]
+    # Two steps per fine-tuned version on the serving version's lineage; an average adds none.
+    fine_tuned = [v for v in lineage if v["source"] in ("online", "consolidation")]
+    assert summary["online_steps_serving_lineage"] == 2 * len(fine_tuned) > 0
+    assert all(v["metrics"]["steps"] == 0 for v in lineage if v["source"] == "average")
     assert summary["offline"]["iterations"] == summary["online_steps_serving_lineage"]
     assert 0.0 <= summary["offline_holdout_dice"] <= 1.0
     assert summary["forgetting"] is not None and len(summary["forgetting_cases"]["after_learned"]) == 1
