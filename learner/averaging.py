@@ -14,8 +14,7 @@ integer buffers (batch-norm's ``num_batches_tracked``) are the newest version's.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 
@@ -46,12 +45,3 @@ def average_state_dicts(states: Iterable[dict[str, torch.Tensor]]) -> dict[str, 
     return {name: (total[name] / count).to(t.dtype) if name in total else t.detach().clone()
             for name, t in newest.items()}
 
-
-def average_weights(models: Sequence[torch.nn.Module]) -> torch.nn.Module:
-    """A new model: a copy of ``models[-1]`` holding the mean of the models' floating-point
-    parameters and buffers (``average_state_dicts``); the inputs are left unchanged."""
-    if not models:
-        raise ValueError("averaging needs at least one model")
-    result = copy.deepcopy(models[-1])
-    result.load_state_dict(average_state_dicts(m.state_dict() for m in models))
-    return result

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.averaging import average_weights
+from learner.averaging import average_state_dicts
 from learner.jobs import TrainJob, ValidationImage, run_train_job
 from learner.networks import NetworkConfig, build_network
 from learner.registry import ModelRegistry, RegistryError
@@ -30,12 +30,11 @@ def network_with_statistics(seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def test_average_weights_is_the_mean_of_parameters_and_batch_norm_statistics():
+def test_average_state_dicts_is_the_mean_of_parameters_and_batch_norm_statistics():
     models = [network_with_statistics(seed) for seed in (1, 2, 3)]
     before = [copy.deepcopy(m.state_dict()) for m in models]
-    averaged = average_weights(models)
+    state = average_state_dicts(m.state_dict() for m in models)
 
-    state = averaged.state_dict()
     statistics = [name for name in state if name.endswith("running_var")]
     assert statistics, "the tiny network has batch-norm layers"
     for name, tensor in state.items():
@@ -48,16 +47,17 @@ def test_average_weights_is_the_mean_of_parameters_and_batch_norm_statistics():
     assert not torch.allclose(state[statistics[0]], before[-1][statistics[0]])
     for model, saved in zip(models, before, strict=True):  # the inputs are left as they were
         assert all(torch.equal(model.state_dict()[k], saved[k]) for k in saved)
-    assert averaged is not models[-1]
+    newest = models[-1].state_dict()  # the result shares no memory with the inputs
+    assert not any(state[k].data_ptr() == newest[k].data_ptr() for k in state)
 
 
-def test_average_weights_refuses_different_architectures():
+def test_average_state_dicts_refuses_different_architectures():
     wide = build_network(NetworkConfig(num_classes=2, channels=[2 * c for c in TINY_CHANNELS],
                                        deep_supervision=False))
     with pytest.raises(ValueError, match="does not match the first model"):
-        average_weights([wide, build_network(tiny_config(2))])
+        average_state_dicts([wide.state_dict(), build_network(tiny_config(2)).state_dict()])
     with pytest.raises(ValueError, match="at least one"):
-        average_weights([])
+        average_state_dicts([])
 
 
 def chain(registry: ModelRegistry, models, first_parent: int = 0) -> list[int]:
@@ -82,7 +82,7 @@ def test_the_averaging_line_follows_parents_of_trained_weights_of_one_network(tm
     average = registry.add_average([v2, v3, v4], source={"job_id": "j"})
     assert (average.parent, average.status, average.source) == (
         v4, "candidate", {"job_id": "j", "kind": "average", "members": [v2, v3, v4]})
-    expected = average_weights([registry.load(v)[0] for v in (v2, v3, v4)]).state_dict()
+    expected = average_state_dicts(registry.load(v)[0].state_dict() for v in (v2, v3, v4))
     stored = registry.load(average.version)[0].state_dict()
     assert all(torch.equal(stored[k], expected[k]) for k in expected)
 
