@@ -562,12 +562,18 @@ class ModelRegistry:
                     best = (record.version, float(dice))
         return best
 
-    def gate_can_measure(self, validation_cases: Sequence[ValidationCase], in_sample: bool) -> bool:
-        """Whether the gate would measure a candidate now, rather than promote or reject it unseen."""
-        serving = self.serving_record()
+    @staticmethod
+    def _gate_measures(serving: VersionRecord | None, validation_cases: Sequence[ValidationCase],
+                       in_sample: bool) -> bool:
+        """Whether the gate measures a candidate against ``serving``: there are cases, and an
+        imported serving version is never judged on accepted training images."""
         if serving is None or not validation_cases:
             return False
         return not (in_sample and serving.source.get("kind") == "imported")
+
+    def gate_can_measure(self, validation_cases: Sequence[ValidationCase], in_sample: bool) -> bool:
+        """Whether the gate would measure a candidate now, rather than promote or reject it unseen."""
+        return self._gate_measures(self.serving_record(), validation_cases, in_sample)
 
     def promote_or_reject(
         self,
@@ -603,17 +609,19 @@ class ModelRegistry:
             raise RegistryError(f"version {average} is not an average ending with version {candidate}")
         key = validation_key(validation_cases, size) if validation_cases else None
         for _attempt in range(3):  # the serving version may change while we measure
-            serving = self.serving_version()
+            serving_record = self.serving_record()
+            serving = serving_record.version if serving_record is not None else None
             judged = candidate
             candidate_dice = serving_dice = best_dice = best_version = fine_tuned_dice = average_dice = None
-            if serving is None:
+            if serving_record is None:
                 promoted, reason = True, "no serving version yet"
-            elif (not validation_cases or in_sample) and self.record(serving).source.get("kind") == "imported":
-                promoted, reason = False, (
-                    f"no held-out validation images yet to compare with the imported version {serving}: kept it"
-                )
-            elif not validation_cases:
-                promoted, reason = True, "no validation images yet: promoted without a check"
+            elif not self._gate_measures(serving_record, validation_cases, in_sample):
+                if serving_record.source.get("kind") == "imported":
+                    promoted, reason = False, (
+                        f"no held-out validation images yet to compare with the imported version {serving}: kept it"
+                    )
+                else:  # unmeasurable and not imported: there are no cases at all
+                    promoted, reason = True, "no validation images yet: promoted without a check"
             else:
                 prefix = "fit" if in_sample else "val"
                 serving_dice = self._validation_dice(serving, validation_cases, key, size, device, prefix)
