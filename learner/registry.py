@@ -492,15 +492,19 @@ class ModelRegistry:
         (e.g. the job's identifiers); ``metadata`` goes into the checkpoint, as in add_candidate."""
         from learner.averaging import average_state_dicts
         from learner.checkpoints import load_checkpoint
-        from learner.networks import build_network
+        from learner.networks import NetworkConfig, build_network
 
         members = [int(m) for m in members]
         if len(members) < 2:
             raise ValueError(f"an average needs at least two versions, got {members}")
-        records = [self.record(m) for m in members]
+        by_version = {r.version: r for r in self.versions()}  # one manifest read
+        missing = [m for m in members if m not in by_version]
+        if missing:
+            raise RegistryError(f"no model version {missing[0]} in {self.root}")
+        records = [by_version[m] for m in members]
         # One member in memory at a time, on the CPU, whatever the device and serve_average.
         states = (load_checkpoint(self.checkpoint_path(m), device="cpu")[0].state_dict() for m in members)
-        config = self.network_config(members[-1])
+        config = NetworkConfig.from_dict(records[-1].network)
         averaged = build_network(config)
         averaged.load_state_dict(average_state_dicts(states))
         return self._add(
