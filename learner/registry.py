@@ -497,13 +497,13 @@ class ModelRegistry:
         members = [int(m) for m in members]
         if len(members) < 2:
             raise ValueError(f"an average needs at least two versions, got {members}")
-        by_version = {r.version: r for r in self.versions()}  # one manifest read
-        missing = [m for m in members if m not in by_version]
-        if missing:
-            raise RegistryError(f"no model version {missing[0]} in {self.root}")
+        by_version = {r.version: r for r in self.versions()}  # one manifest read for all members
+        missing = next((m for m in members if m not in by_version), None)
+        if missing is not None:
+            raise RegistryError(f"no model version {missing} in {self.root}")
         records = [by_version[m] for m in members]
         # One member in memory at a time, on the CPU, whatever the device and serve_average.
-        states = (load_checkpoint(self.checkpoint_path(m), device="cpu")[0].state_dict() for m in members)
+        states = (load_checkpoint(self.versions_dir / r.checkpoint, device="cpu")[0].state_dict() for r in records)
         config = NetworkConfig.from_dict(records[-1].network)
         averaged = build_network(config)
         averaged.load_state_dict(average_state_dicts(states))
@@ -567,13 +567,13 @@ class ModelRegistry:
         return best
 
     @staticmethod
-    def _gate_measures(serving: VersionRecord | None, validation_cases: Sequence[ValidationCase],
+    def _gate_measures(serving_record: VersionRecord | None, validation_cases: Sequence[ValidationCase],
                        in_sample: bool) -> bool:
-        """Whether the gate measures a candidate against ``serving``: there are cases, and an
-        imported serving version is never judged on accepted training images."""
-        if serving is None or not validation_cases:
+        """Whether the gate measures a candidate against the serving version: one serves, there
+        are cases, and an imported serving version is never judged on accepted training images."""
+        if serving_record is None or not validation_cases:
             return False
-        return not (in_sample and serving.source.get("kind") == "imported")
+        return not (in_sample and serving_record.source.get("kind") == "imported")
 
     def gate_can_measure(self, validation_cases: Sequence[ValidationCase], in_sample: bool) -> bool:
         """Whether the gate would measure a candidate now, rather than promote or reject it unseen."""

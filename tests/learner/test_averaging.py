@@ -96,6 +96,10 @@ def test_the_averaging_line_follows_parents_of_trained_weights_of_one_network(tm
     assert registry.averaging_line(wide.version, 3) == [wide.version]
     with pytest.raises(ValueError, match="at least two"):
         registry.add_average([v4])
+    versions_before = [r.version for r in registry.versions()]
+    with pytest.raises(RegistryError, match="no model version 99"):
+        registry.add_average([v3, 99, v4])
+    assert [r.version for r in registry.versions()] == versions_before  # nothing stored
 
 
 def test_the_averaging_line_starts_at_an_imported_checkpoint(tmp_path):
