@@ -639,6 +639,7 @@ def _run(url: str, token: str, stream: list[StreamImage],
         clock = time.perf_counter()
         shared = run_annotators(url, tokens, stream, num_classes, options, project.id, work_dir / "downloads")
         phases["stream"] = time.perf_counter() - clock
+        round_phases = sm.histogram_by_label(admin.metrics(), "scribbleflow_round_phase_seconds", "phase")
         clock = time.perf_counter()
         jobs = wait_for_project_jobs(admin, project.id, options.job_timeout)
         phases["remaining_jobs"] = time.perf_counter() - clock
@@ -667,6 +668,7 @@ def _run(url: str, token: str, stream: list[StreamImage],
             "model_versions": len(models.versions),
             "serving_version": models.serving_version,
             "phase_seconds": phases,
+            "server_round_phases": round_phases,  # the server's account of the rounds' time
         }
         curve = {"versions": [v.model_dump(mode="json") for v in models.versions]}
         clock = time.perf_counter()

@@ -23,6 +23,7 @@ Definitions (one place for each):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
@@ -210,3 +211,18 @@ def gate_verdicts(versions: Sequence[Mapping], holdout: Mapping[int, float], tol
         if record["promoted"]:
             serving = version
     return verdicts
+
+
+def histogram_by_label(metrics_text: str, name: str, label: str) -> dict[str, dict[str, float]]:
+    """From a Prometheus text exposition, each ``label`` value's count, sum and mean of the
+    histogram ``name`` (e.g. the server's ``scribbleflow_round_phase_seconds`` by ``phase``)."""
+    found: dict[str, dict[str, float]] = {}
+    pattern = re.compile(rf'^{re.escape(name)}_(sum|count)\{{(?:[^}}]*,)?{re.escape(label)}="([^"]*)"[^}}]*\}} (\S+)$')
+    for line in metrics_text.splitlines():
+        match = pattern.match(line)
+        if match:
+            kind, value, number = match.groups()
+            found.setdefault(value, {})[kind] = float(number)
+    return {value: {"count": parts.get("count", 0.0), "sum_s": parts.get("sum", 0.0),
+                    "mean_s": parts["sum"] / parts["count"] if parts.get("count") else None}
+            for value, parts in sorted(found.items())}

@@ -18,22 +18,37 @@ from learner.executors import EmbeddedExecutor, ExecutorFactory
 from server.metrics import Metrics
 from server.services.model_hub import ModelHub
 from server.services.training import TrainingService
-from server.settings import Settings
+from server.settings import TRAINING_PAUSE_SECONDS, Settings
 from server.storage.datastore import DataStore
 from server.storage.db import make_engine, make_session_factory
 from server.storage.migrate import create_schema
 
 
 class ComputeSlots:
-    """At most ``n`` heavy computations (prediction, propagation) at once, in worker threads."""
+    """At most ``n`` heavy computations (prediction, propagation) at once, in worker threads.
+
+    A thread that holds a slot and asks again passes through (a round holds one from its
+    first read to its commit, and the prediction it may need inside asks for one too)."""
 
     def __init__(self, n: int):
         self._semaphore = threading.BoundedSemaphore(n)
+        self._held = threading.local()
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
+        if getattr(self._held, "depth", 0):
+            self._held.depth += 1
+            try:
+                yield
+            finally:
+                self._held.depth -= 1
+            return
         with self._semaphore:
-            yield
+            self._held.depth = 1
+            try:
+                yield
+            finally:
+                self._held.depth = 0
 
 
 #: Seconds of pause budget a training thread regains per second it is not paused (see
@@ -64,7 +79,8 @@ class ThreadPolicy:
     """
 
     def __init__(self, training_threads: int | None = None, training_threads_during_rounds: int = 1,
-                 cpus: int | None = None, training_idle_seconds: float = 2.0, max_pause_seconds: float = 10.0):
+                 cpus: int | None = None, training_idle_seconds: float = 2.0,
+                 max_pause_seconds: float = TRAINING_PAUSE_SECONDS):
         self.cpus = max(1, cpus or os.cpu_count() or 1)
         # Half the CPUs by default: the other half stays with the requests, and a training job
         # with more OpenMP threads than the cores it actually gets slows down several times

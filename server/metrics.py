@@ -24,6 +24,26 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 ROUND_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120)
+PHASE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
+
+
+class LapClock:
+    """Where one request's time goes: ``lap(name)`` gives the seconds since the previous lap
+    (or the start) to phase ``name``; a phase lapped twice adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> float:
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        return seconds
+
+    def observe(self, histogram: Histogram) -> None:
+        for name, seconds in self.seconds.items():
+            histogram.labels(phase=name).observe(seconds)
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,12 @@ class Metrics:
         self.round_seconds = Histogram(
             "scribbleflow_round_compute_seconds", "Propagation + fusion + residual time per round, per project",
             ["project"], registry=self.registry, buckets=ROUND_BUCKETS,
+        )
+        self.round_phase_seconds = Histogram(
+            # Where a round's wall time goes on the server: waits (the image lock, a compute
+            # slot) apart from work (reading, the prediction, the computation, files, commit).
+            "scribbleflow_round_phase_seconds", "Time per round in each phase of the round request",
+            ["phase"], registry=self.registry, buckets=PHASE_BUCKETS,
         )
         self.uploads = Counter("scribbleflow_uploads", "Images uploaded", ["format"], registry=self.registry)
         self.jobs = Counter("scribbleflow_jobs", "Training job state changes", ["state"], registry=self.registry)

@@ -13,6 +13,12 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Seconds embedded training may wait, in all, for requests in flight before it trains on
+#: regardless (``server.context.ThreadPolicy``). 30 covers a burst of eight annotators'
+#: rounds on two cores (about 15 s); with 10 training resumed in the middle of it and the
+#: round latency p95 rose from about 3.0 s to 4.0 s (docs/benchmarks.md).
+TRAINING_PAUSE_SECONDS = 30.0
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SCRIBBLEFLOW_", extra="ignore")
@@ -40,7 +46,7 @@ class Settings(BaseSettings):
         1, ge=1, description="Torch threads of a training job while a round, an opening or an accept computes."
     )
     training_pause_seconds: float = Field(
-        10.0, ge=0, description="Budget of the waits of embedded training for the requests in flight, shared by all "
+        TRAINING_PAUSE_SECONDS, ge=0, description="Budget of the waits of embedded training for the requests in flight, shared by all "
                     "jobs of the process (seconds; refills at one second per second; 0: no waits)."
     )
     prediction_cache_mb: float = Field(

@@ -11,7 +11,6 @@ database transaction open.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from server import schemas
 from server.auth import Principal
 from server.context import AppContext
 from server.errors import Conflict, NotFound
+from server.metrics import LapClock
 from server.services import audit, history, images, interactions, leases, projects
 from server.services.idempotency import keyed_round
 from server.services.predictions import Prediction, round_prediction
@@ -59,6 +59,7 @@ class RoundSubmission:
     painted: interactions.PaintedInput | None = None
     kind: str = "interactions"  # interactions | labelmap
     record: dict | None = None  # input.json: the request, or a summary of the label map
+    clock: LapClock | None = None  # where the request's time goes (``scribbleflow_round_phase_seconds``)
 
     @property
     def seeds(self) -> np.ndarray:
@@ -78,10 +79,12 @@ def add_round(
             return submission  # a retry of a round stored before: the same round, not a second one
         num_classes = len(submission.project.labels)
         checked = interactions.check_round(request, submission.volume, num_classes)  # before the prediction's cost
+        submission.clock.lap("check")
         submission.prediction = _round_prediction(ctx, submission)
         submission.painted = interactions.paint_round(
             checked, submission.volume, num_classes, ctx.settings.click_radius, submission.prediction.probabilities
         )
+        submission.clock.lap("paint")
         submission.kind, submission.record = "interactions", request.model_dump(mode="json")
         return _store(ctx, db, principal, submission)
 
@@ -94,9 +97,11 @@ def add_labelmap_round(
         if isinstance(submission, Round):
             return submission  # a retry of a round stored before
         labelmap = read_upload(upload_path, filename, ctx.settings.max_upload_bytes).volume
+        submission.clock.lap("check")
         submission.painted = interactions.labelmap_input(
             labelmap.array, submission.volume, len(submission.project.labels)
         )
+        submission.clock.lap("paint")
         submission.prediction = _round_prediction(ctx, submission)
         submission.kind = "labelmap"
         submission.record = {"labelmap": True, "labelled_voxels": submission.painted.voxels}
@@ -110,13 +115,19 @@ def _turn(
     """Under the image's lock (``leases.image_locked``): the round already stored for
     ``idempotency_key`` (a retry), else the new round's starting point, the session checked
     to be the caller's."""
-    with leases.image_locked(ctx, db, session.image_id):
+    clock = LapClock()
+    # The whole round in one compute slot, not its computation alone: with eight rounds in
+    # flight on two cores, each slot then runs one round to its end while the others wait,
+    # instead of eight rounds sharing the cores and all ending late.
+    with leases.image_locked(ctx, db, session.image_id), ctx.compute():
+        clock.lap("wait")
         stored = keyed_round(db, session.id, idempotency_key)
         if stored is not None:
             yield stored
         else:
             submission = _begin(ctx, db, leases.held(ctx, db, principal, session))
-            submission.idempotency_key = idempotency_key
+            submission.idempotency_key, submission.clock = idempotency_key, clock
+            clock.lap("read")
             yield submission
 
 
@@ -145,31 +156,34 @@ def _begin(ctx: AppContext, db: Session, session: AnnotationSession) -> RoundSub
 
 def _round_prediction(ctx: AppContext, submission: RoundSubmission) -> Prediction:
     atlas_file = ctx.datastore.resolve(submission.session.dir) / SESSION_FILES["atlas_probabilities"]
-    return round_prediction(ctx, submission.project, submission.image, submission.volume, submission.session,
-                            atlas_file)
+    prediction = round_prediction(ctx, submission.project, submission.image, submission.volume,
+                                  submission.session, atlas_file)
+    submission.clock.lap("prediction")
+    return prediction
 
 
 def _store(ctx: AppContext, db: Session, principal: Principal, submission: RoundSubmission) -> Round:
     """Compute the round, write its folder, commit its row, queue its training job."""
-    seeds, planes = submission.seeds, submission.planes
-    started = time.perf_counter()
-    with ctx.compute():
-        result = compute_round(
-            submission.volume.array, submission.volume.spacing_zyx, seeds, planes,
-            submission.prediction.probabilities, len(submission.project.labels),
-            validation_dice=submission.prediction.validation_dice,
-            previous_segmentation=submission.previous_segmentation,
-        )
-    seconds = time.perf_counter() - started
+    seeds, planes, clock = submission.seeds, submission.planes, submission.clock
+    clock.lap("merge_seeds")
+    result = compute_round(
+        submission.volume.array, submission.volume.spacing_zyx, seeds, planes,
+        submission.prediction.probabilities, len(submission.project.labels),
+        validation_dice=submission.prediction.validation_dice,
+        previous_segmentation=submission.previous_segmentation,
+    )
+    seconds = clock.lap("compute")
     ctx.metrics.round_seconds.labels(project=str(submission.project.id)).observe(seconds)
     with staged_record(ctx.datastore, db, submission.image, "rounds") as folder:
         _write_round_files(ctx, folder, submission, seeds, result)
+        clock.lap("write_files")
         session = leases.held(ctx, db, principal, submission.session)  # still ours?
         if history.round_id(history.active_round(db, submission.image.id)) != history.round_id(submission.previous):
             raise Conflict(f"image {submission.image.id} changed while this round was computed; submit it again")
         row = _insert_round(db, principal, session, submission, folder=ctx.datastore.relative(folder),
                             result=result, planes=planes, seconds=seconds)
         db.commit()
+    clock.lap("commit")
     ctx.metrics.rounds.labels(kind=submission.kind).inc()
     if submission.project.learning.get("train_on_rounds", True):
         ctx.training.submit(
@@ -179,6 +193,8 @@ def _store(ctx: AppContext, db: Session, principal: Principal, submission: Round
                 ("proxy_labels", "proxy"), ("proxy_probabilities", "proxy_probabilities"),
                 ("confidence", "confidence"), ("scribble", "scribble"))},
         )
+    clock.lap("queue_training")
+    clock.observe(ctx.metrics.round_phase_seconds)
     return row
 
 

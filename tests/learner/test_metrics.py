@@ -67,3 +67,26 @@ def test_summarize_means_over_cases_and_skips_nan():
     assert summary["per_class"]["1"]["hd95_undefined"] == 1  # ... and counted
     assert summary["hd95_undefined"] == 1
     assert summary["mean_dice"] == pytest.approx(0.5)
+
+
+def test_dice_matches_monai_on_random_volumes():
+    """The counted Dice equals MONAI's ``compute_dice`` (ignore_empty=False), one class absent."""
+    import torch
+    from monai.metrics import compute_dice
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, size=(5, 7, 9))  # class 3 absent from both
+    pred = np.where(rng.random(truth.shape) < 0.3, rng.integers(0, 3, size=truth.shape), truth)
+
+    def one_hot(labels):
+        return torch.nn.functional.one_hot(torch.as_tensor(labels), 4).permute(3, 0, 1, 2)[None].float()
+
+    expected = compute_dice(one_hot(pred), one_hot(truth), include_background=False, ignore_empty=False)[0]
+    dice = dice_per_class(pred, truth, 4)
+    assert [dice[c] for c in (1, 2, 3)] == pytest.approx(expected.tolist())
+    assert 0.0 < dice[1] < 1.0 and dice[3] == 1.0
+
+
+def test_dice_rejects_labels_outside_the_classes():
+    with pytest.raises(ValueError, match="outside"):
+        dice_per_class(np.full((2, 2, 2), 3), np.zeros((2, 2, 2), int), 3)

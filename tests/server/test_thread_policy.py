@@ -135,3 +135,25 @@ def test_the_server_hands_its_policy_to_embedded_training():
     factory = executor_factory(Settings(broker_url=None), policy)
     assert factory.keywords["give_way"] == policy.give_way
     assert factory.keywords["before_step"] == policy.before_training_step
+
+
+def test_a_compute_slot_held_by_a_thread_lets_it_in_again_and_keeps_others_out():
+    from server.context import ComputeSlots
+
+    slots = ComputeSlots(1)
+    other_got_in = threading.Event()
+
+    def other() -> None:
+        with slots():
+            other_got_in.set()
+
+    with slots():
+        with slots():  # the round's own prediction inside the round's slot: no deadlock
+            pass
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert not other_got_in.wait(0.3)  # the one slot is still this thread's
+    assert other_got_in.wait(10)
+    thread.join(timeout=10)
+    with slots():  # free again after both
+        pass
