@@ -619,6 +619,11 @@ def run_stream_benchmark(options: StreamOptions) -> dict:
     return report
 
 
+def _round_phases(admin: ScribbleflowClient) -> dict[str, dict[str, float]]:
+    """The server's own account of its rounds' time so far (``scribbleflow_round_phase_seconds``)."""
+    return sm.histogram_by_label(admin.metrics(), "scribbleflow_round_phase_seconds", "phase")
+
+
 def _run(url: str, token: str, stream: list[StreamImage],
          holdout: list[StreamImage], num_classes: int, options: StreamOptions, work_dir: Path) -> dict:
     load_start = os.getloadavg()[0]
@@ -636,10 +641,11 @@ def _run(url: str, token: str, stream: list[StreamImage],
         tokens = [admin.create_token("annotator", f"annotator-{k}").token for k in range(options.annotators)]
 
         phases["project_and_upload"] = time.perf_counter() - clock
+        phases_before = _round_phases(admin)  # a server given by --url may have seen other rounds
         clock = time.perf_counter()
         shared = run_annotators(url, tokens, stream, num_classes, options, project.id, work_dir / "downloads")
         phases["stream"] = time.perf_counter() - clock
-        round_phases = sm.histogram_by_label(admin.metrics(), "scribbleflow_round_phase_seconds", "phase")
+        round_phases = sm.histogram_change(phases_before, _round_phases(admin))
         clock = time.perf_counter()
         jobs = wait_for_project_jobs(admin, project.id, options.job_timeout)
         phases["remaining_jobs"] = time.perf_counter() - clock

@@ -226,3 +226,18 @@ def histogram_by_label(metrics_text: str, name: str, label: str) -> dict[str, di
     return {value: {"count": parts.get("count", 0.0), "sum_s": parts.get("sum", 0.0),
                     "mean_s": parts["sum"] / parts["count"] if parts.get("count") else None}
             for value, parts in sorted(found.items())}
+
+
+def histogram_change(
+    before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]
+) -> dict[str, dict[str, float]]:
+    """What ``histogram_by_label`` counted between two reads of the same server: per label
+    value, the observations and seconds added, and their mean."""
+    change = {}
+    for value, parts in after.items():
+        earlier = before.get(value, {})
+        count = parts["count"] - earlier.get("count", 0.0)
+        total = parts["sum_s"] - earlier.get("sum_s", 0.0)
+        if count > 0:
+            change[value] = {"count": count, "sum_s": total, "mean_s": total / count}
+    return change

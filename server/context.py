@@ -28,7 +28,9 @@ class ComputeSlots:
     """At most ``n`` heavy computations (prediction, propagation) at once, in worker threads.
 
     A thread that holds a slot and asks again passes through (a round holds one from its
-    first read to its commit, and the prediction it may need inside asks for one too)."""
+    first read until its training job is queued, and the prediction it may need inside asks
+    for one too). The count is per OS thread: only synchronous code in one worker thread
+    may use it (no coroutines, no generators resumed elsewhere)."""
 
     def __init__(self, n: int):
         self._semaphore = threading.BoundedSemaphore(n)

@@ -33,13 +33,17 @@ class LapClock:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
+        self._started = self._last = time.perf_counter()
 
     def lap(self, name: str) -> float:
         now = time.perf_counter()
         seconds, self._last = now - self._last, now
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
         return seconds
+
+    def elapsed(self) -> float:
+        """Seconds from the start to the latest lap."""
+        return self._last - self._started
 
     def observe(self, histogram: Histogram) -> None:
         for name, seconds in self.seconds.items():
@@ -67,7 +71,8 @@ class Metrics:
         )
         self.rounds = Counter("scribbleflow_rounds", "Annotation rounds stored", ["kind"], registry=self.registry)
         self.round_seconds = Histogram(
-            "scribbleflow_round_compute_seconds", "Propagation + fusion + residual time per round, per project",
+            "scribbleflow_round_compute_seconds",
+            "Server time of a round until its answer is computed (its waits included), per project",
             ["project"], registry=self.registry, buckets=ROUND_BUCKETS,
         )
         self.round_phase_seconds = Histogram(

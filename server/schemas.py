@@ -251,7 +251,8 @@ class RoundOut(BaseModel):
     label_counts: dict[str, int] = Field(description="Voxels per label name in the segmentation.")
     suggestion: Suggestion | None
     effort: Effort = Field(description="This round's own input.")
-    compute_seconds: float
+    compute_seconds: float = Field(description="Server time of the round until its answer was computed: waits "
+                                   "for the image and a compute slot, reading, propagation, fusion.")
     model_weight: float | None = Field(
         None, description="The model's weight in this round's fusion, 0..1 (0: the registration proxy stands)."
     )
@@ -416,7 +417,7 @@ class Dashboard(BaseModel):
     images_accepted: int
     queue_depth: int
     job_states: dict[str, int] = Field(description="Number of jobs per state.")
-    round_latency: RoundLatency = Field(description="Round compute time (propagation + fusion) percentiles.")
+    round_latency: RoundLatency = Field(description="Percentiles of the rounds' compute_seconds (server time until the answer, waits included).")
     versions: list[ModelVersionOut]
     jobs: list[DashboardJob]
     images: list[DashboardImage]

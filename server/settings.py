@@ -15,8 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Seconds embedded training may wait, in all, for requests in flight before it trains on
 #: regardless (``server.context.ThreadPolicy``). 30 covers a burst of eight annotators'
-#: rounds on two cores (about 15 s); with 10 training resumed in the middle of it and the
-#: round latency p95 rose from about 3.0 s to 4.0 s (docs/benchmarks.md).
+#: rounds on two cores (8–11 s); with 10 training resumed in the middle of it: round latency
+#: p95 4.02 s against 2.96 s (docs/benchmarks.md, "Eight annotators at once: where a round's
+#: time goes"). Under requests that never stop, an accept job may now wait up to 30 s.
 TRAINING_PAUSE_SECONDS = 30.0
 
 

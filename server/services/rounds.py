@@ -116,15 +116,17 @@ def _turn(
     ``idempotency_key`` (a retry), else the new round's starting point, the session checked
     to be the caller's."""
     clock = LapClock()
-    # The whole round in one compute slot, not its computation alone: with eight rounds in
-    # flight on two cores, each slot then runs one round to its end while the others wait,
-    # instead of eight rounds sharing the cores and all ending late.
-    with leases.image_locked(ctx, db, session.image_id), ctx.compute():
-        clock.lap("wait")
+    with leases.image_locked(ctx, db, session.image_id):
         stored = keyed_round(db, session.id, idempotency_key)
         if stored is not None:
             yield stored
-        else:
+            return
+        # The whole round in one compute slot, not its computation alone: with eight rounds
+        # in flight on two cores, each slot then runs one round to its end while the others
+        # wait, instead of eight rounds sharing the cores and all ending late (docs/benchmarks.md,
+        # "Eight annotators at once: where a round's time goes").
+        with ctx.compute():
+            clock.lap("wait")
             submission = _begin(ctx, db, leases.held(ctx, db, principal, session))
             submission.idempotency_key, submission.clock = idempotency_key, clock
             clock.lap("read")
@@ -172,7 +174,8 @@ def _store(ctx: AppContext, db: Session, principal: Principal, submission: Round
         validation_dice=submission.prediction.validation_dice,
         previous_segmentation=submission.previous_segmentation,
     )
-    seconds = clock.lap("compute")
+    clock.lap("compute")
+    seconds = clock.elapsed()  # the round's server time until its answer exists, waits included
     ctx.metrics.round_seconds.labels(project=str(submission.project.id)).observe(seconds)
     with staged_record(ctx.datastore, db, submission.image, "rounds") as folder:
         _write_round_files(ctx, folder, submission, seeds, result)

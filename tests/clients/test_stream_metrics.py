@@ -124,3 +124,24 @@ def test_rounds_lowering_counts_the_first_round_against_the_opening_and_the_rest
     assert sm.rounds_lowering(0.80, [0.70, 0.75, 0.60, 0.598, 0.9]) == (True, 1)
     assert sm.rounds_lowering(0.0, [0.5, 0.4]) == (False, 1)
     assert sm.rounds_lowering(0.9, []) == (False, 0)
+
+
+def test_round_phases_read_from_metrics_text_and_counted_between_two_reads():
+    def exposition(compute_count: int, compute_sum: float) -> str:
+        return "\n".join([
+            "# TYPE scribbleflow_round_phase_seconds histogram",
+            f'scribbleflow_round_phase_seconds_bucket{{le="0.5",phase="compute"}} {compute_count}.0',
+            f'scribbleflow_round_phase_seconds_count{{phase="compute"}} {compute_count}.0',
+            f'scribbleflow_round_phase_seconds_sum{{phase="compute"}} {compute_sum}',
+            'scribbleflow_round_phase_seconds_created{phase="compute"} 1.7e9',
+            'scribbleflow_round_phase_seconds_count{phase="read"} 2.0',
+            'scribbleflow_round_phase_seconds_sum{phase="read"} 0.5',
+            'scribbleflow_round_compute_seconds_sum{project="1"} 99.0',
+        ])
+
+    before = sm.histogram_by_label(exposition(2, 1.0), "scribbleflow_round_phase_seconds", "phase")
+    assert before == {"compute": {"count": 2.0, "sum_s": 1.0, "mean_s": 0.5},
+                      "read": {"count": 2.0, "sum_s": 0.5, "mean_s": 0.25}}
+    after = sm.histogram_by_label(exposition(5, 2.5), "scribbleflow_round_phase_seconds", "phase")
+    assert sm.histogram_change(before, after) == {"compute": {"count": 3.0, "sum_s": 1.5, "mean_s": 0.5}}
+    assert sm.histogram_change({}, after)["read"]["count"] == 2.0
