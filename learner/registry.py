@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from learner.reentry import ThreadReentry
 from registration.io.atomic import write_json_atomic
 
 VERSION_STATUSES = ("serving", "retired", "candidate", "rejected", "averaged")
@@ -198,7 +199,7 @@ class ModelRegistry:
         self.versions_dir = self.root / "versions"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         self._thread_lock = threading.RLock()
-        self._held = threading.local()
+        self._reentry = ThreadReentry()
         self._cache: OrderedDict[tuple, tuple] = OrderedDict()
         self._cache_size = max(1, int(cache_size))
 
@@ -206,23 +207,18 @@ class ModelRegistry:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """This object's thread lock plus an exclusive file lock; re-entrant within a thread."""
-        with self._thread_lock:
-            if getattr(self._held, "depth", 0):
-                self._held.depth += 1
-                try:
-                    yield
-                finally:
-                    self._held.depth -= 1
-                return
-            # flock is per open file: a nested open in the same thread would wait for itself.
-            with open(self.root / ".lock", "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                self._held.depth = 1
-                try:
-                    yield
-                finally:
-                    self._held.depth = 0
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+        with self._thread_lock, self._reentry.hold(self._file_lock):
+            yield
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        # flock is per open file: a nested open in the same thread would wait for itself.
+        with open(self.root / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _read(self) -> list[VersionRecord]:
         path = self.root / _MANIFEST

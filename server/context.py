@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
 from learner.executors import EmbeddedExecutor, ExecutorFactory
+from learner.reentry import ThreadReentry
 from server.metrics import Metrics
 from server.services.model_hub import ModelHub
 from server.services.training import TrainingService
@@ -29,28 +30,14 @@ class ComputeSlots:
 
     A thread that holds a slot and asks again passes through (a round holds one from its
     first read until its training job is queued, and the prediction it may need inside asks
-    for one too). The count is per OS thread: only synchronous code in one worker thread
-    may use it (no coroutines, no generators resumed elsewhere)."""
+    for one too; ``learner.reentry``)."""
 
     def __init__(self, n: int):
         self._semaphore = threading.BoundedSemaphore(n)
-        self._held = threading.local()
+        self._reentry = ThreadReentry()
 
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        if getattr(self._held, "depth", 0):
-            self._held.depth += 1
-            try:
-                yield
-            finally:
-                self._held.depth -= 1
-            return
-        with self._semaphore:
-            self._held.depth = 1
-            try:
-                yield
-            finally:
-                self._held.depth = 0
+    def __call__(self) -> AbstractContextManager:
+        return self._reentry.hold(lambda: self._semaphore)
 
 
 #: Seconds of pause budget a training thread regains per second it is not paused (see
