@@ -4,8 +4,9 @@ A round merges the user's new seeds with all earlier ones, runs the round's comp
 (``registration.round.compute_round``: dense 2D → 3D proxy → fusion with the model →
 residual and the next suggestion), stores its input and outputs in a fresh folder (never
 overwritten) and commits its row only after the files are in place; then a training job
-is queued. Heavy work runs in the calling worker thread with a compute slot and with no
-database transaction open.
+is queued. The round runs in the calling worker thread and holds one compute slot from its
+first read until its job is queued; its heavy work runs with no database transaction open.
+Each phase's time goes to ``scribbleflow_round_phase_seconds``.
 """
 
 from __future__ import annotations
