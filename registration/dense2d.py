@@ -18,13 +18,23 @@ Dice of 0.80 against 0.74 for scikit-image's random walker at its best beta, in 
 instead of 0.1-3 s. On 90 ACDC *training* slices (3 per volume, 30 volumes) the appearance
 refinement raised it from 0.784 to 0.812 (myocardium 0.684 -> 0.726) for ~10 ms more;
 on hippocampus slices (~35 x 50 pixels) it changes nothing.)
+
+Last, a structure enclosed by another, a cavity inside its wall (the left-ventricular blood
+pool inside the myocardium), is filled out to its convex hull at the wall's expense
+(``fill_enclosed_to_hull``). The wall's seeds otherwise flood the dark trabeculae and
+papillary muscles along the cavity's rim, which look like the wall but which labelling
+protocols (ACDC's) count to the cavity: on ACDC the myocardium came out too thick and the
+pool too small on drawn slices, the largest error left on them after ten rounds.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import ndimage
 from skimage.filters import sobel
+from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed
 
 from registration.appearance import (
@@ -69,6 +79,17 @@ CLICK_EXTENT_PIXELS = 3
 #: The refinement changes only pixels whose blurred prior is below this for every class,
 #: i.e. the band of about two blur widths along the watershed borders.
 REFINE_BAND = 0.99
+#: A foreground class counts as enclosed by another when at least this share of its pixels
+#: lies inside the other's outline (the other with its holes filled).
+ENCLOSED_SHARE = 0.5
+#: An enclosed class is filled out to its convex hull only when the hull adds at most this
+#: share of its area: a cavity's rim bitten by its wall's flood, not a structure that is
+#: not convex (a C shape) by nature. On every labelled z slice of the ACDC val set (205,
+#: first drawings), mean foreground Dice without -> with the hull fill: strokes without
+#: background 0.742 -> 0.760, clicks 0.656 -> 0.663, strokes with background 0.807 -> 0.828,
+#: the same with a share of 1.0 and 0.002-0.003 lower with 0.25; hippocampus (no class
+#: encloses another) unchanged (docs/benchmarks.md).
+HULL_MAX_GROWTH = 0.5
 
 
 def _smoothing_sigma(shape: tuple[int, int]) -> float:
@@ -119,6 +140,7 @@ def densify_slice(
         relief = relief + MODEL_EDGE_WEIGHT * np.max([sobel(p) for p in model], axis=0)
     labels = watershed(relief, markers, compactness=COMPACTNESS) - 1
     labels = refine_by_appearance(labels, normalized, seeds, num_classes)
+    labels = fill_enclosed_to_hull(labels, seeded, num_classes)
     labels[seeded] = seeds[seeded]
     return labels.astype(np.int64)
 
@@ -173,3 +195,47 @@ def refine_by_appearance(
     # seeds' spiky histograms would otherwise punch holes and islands.
     border_band = prior.max(axis=0) < REFINE_BAND
     return np.where(border_band, refined, labels_yx)
+
+
+def _box(mask: np.ndarray) -> tuple[slice, slice]:
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def fill_enclosed_to_hull(labels_yx: np.ndarray, keep_yx: np.ndarray, num_classes: int) -> np.ndarray:
+    """Labels (y, x) where each foreground class enclosed by other foreground classes (at least
+    ``ENCLOSED_SHARE`` of its pixels inside their outlines) takes the pixels of its convex hull
+    that those classes hold, unless the hull adds more than ``HULL_MAX_GROWTH`` of its area;
+    pixels where ``keep_yx`` is True never change. Classes are visited smallest first.
+    ``labels_yx`` is not modified."""
+    out = np.array(labels_yx, copy=True)
+    areas = np.bincount(out.ravel().astype(np.int64), minlength=num_classes)
+    present = [c for c in range(1, num_classes) if areas[c] > 0]
+    if len(present) < 2:
+        return out
+    outlines = {}
+    for cls in present:
+        box = _box(out == cls)
+        outline = np.zeros(out.shape, dtype=bool)
+        outline[box] = ndimage.binary_fill_holes(out[box] == cls)
+        outlines[cls] = outline
+    for cls in sorted(present, key=lambda c: int(areas[c])):
+        region = out == cls
+        area = int(region.sum())
+        if area == 0:
+            continue
+        enclosing = [d for d in present if d != cls and outlines[d][region].sum() >= ENCLOSED_SHARE * area]
+        if not enclosing:
+            continue
+        box = _box(region)
+        inside = region[box]
+        if min(inside.shape) < 3:  # a line has no hull to fill
+            continue
+        with warnings.catch_warnings():  # pixels on one diagonal: qhull fails, no growth
+            warnings.simplefilter("ignore", UserWarning)
+            growth = convex_hull_image(inside) & ~inside
+        if growth.sum() > HULL_MAX_GROWTH * area:
+            continue
+        take = growth & ~keep_yx[box] & np.isin(out[box], enclosing)
+        out[box][take] = cls
+    return out

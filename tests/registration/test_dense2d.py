@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from registration.dense2d import densify_slice, far_from_seeds, refine_by_appearance
+from registration.dense2d import (
+    densify_slice,
+    far_from_seeds,
+    fill_enclosed_to_hull,
+    refine_by_appearance,
+)
 from registration.io.volume import UNLABELLED
 
 
@@ -116,3 +121,63 @@ def test_clicks_are_too_few_pixels_for_the_appearance_refinement():
     assert (refine_by_appearance(misplaced, image, seeds, 2) == misplaced).all()
     no_seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
     assert (refine_by_appearance(misplaced, image, no_seeds, 2) == misplaced).all()
+
+
+def _disc(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def _wall_and_cavity(shape=(80, 90)):
+    """Labels: background 0, a wall 2 (a ring of radii 16-22) around a cavity 3 (radius 16),
+    and beside them a crescent 1 that touches the wall but is not enclosed by it; and the
+    cavity's rim where three spokes (trabeculae, 3 pixels wide, radius 10 to the wall) reach in."""
+    truth = np.zeros(shape, dtype=np.int64)
+    truth[_disc(shape, (40, 50), 22)] = 2
+    truth[_disc(shape, (40, 50), 16)] = 3
+    truth[_disc(shape, (40, 22), 16) & ~_disc(shape, (40, 50), 24)] = 1
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    spokes = (np.abs(yy - 40) <= 1) & (xx >= 60) | (np.abs(xx - 50) <= 1) & ((yy <= 30) | (yy >= 50))
+    return truth, spokes & (truth == 3)
+
+
+def test_an_enclosed_cavity_takes_back_the_spokes_its_wall_flooded():
+    truth, spokes = _wall_and_cavity()
+    bitten = np.where(spokes, 2, truth)
+    keep = np.zeros(truth.shape, dtype=bool)
+    keep[40, 62] = True  # a seeded pixel keeps its label
+    before = bitten.copy()
+    filled = fill_enclosed_to_hull(bitten, keep, 4)
+    assert (bitten == before).all()  # the input is not modified
+    assert filled[40, 62] == 2
+    # All but the spokes' last pixel at the wall, which the hull's chords pass inside of.
+    assert (filled[spokes & ~keep & _disc(truth.shape, (40, 50), 15)] == 3).all()
+    # The hull runs through pixel corners: it may add a rim pixel here and there, from the wall.
+    grown = (filled == 3) & (truth != 3)
+    assert (truth[grown] == 2).all() and grown.sum() <= 0.05 * (truth == 3).sum()
+
+
+def test_the_hull_fill_leaves_classes_that_are_not_enclosed_or_not_nearly_convex():
+    truth, _ = _wall_and_cavity()
+    nothing_kept = np.zeros(truth.shape, dtype=bool)
+    filled = fill_enclosed_to_hull(truth, nothing_kept, 4)
+    assert ((filled == 1) == (truth == 1)).all()  # the crescent is not enclosed: it keeps its bay
+    c_shape = truth.copy()
+    c_shape[(truth == 3) & _disc(truth.shape, (40, 56), 10)] = 2  # a wall tongue deep into the cavity
+    hull_growth = (c_shape == 2) & _disc(truth.shape, (40, 50), 16)
+    assert hull_growth.sum() > 0.5 * (c_shape == 3).sum()  # the cavity's hull would add more than half
+    assert (fill_enclosed_to_hull(c_shape, nothing_kept, 4) == c_shape).all()
+
+
+def test_densify_gives_the_cavity_the_dark_spokes_that_look_like_its_wall():
+    truth, spokes = _wall_and_cavity()
+    image = np.select([truth == 0, truth == 1, truth == 2, spokes], [0.5, 0.75, 0.2, 0.2], 0.9)
+    image = (image + np.random.default_rng(1).normal(0, 0.02, truth.shape)).astype(np.float32)
+    seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    seeds[_disc(truth.shape, (40, 50), 19.5) & ~_disc(truth.shape, (40, 50), 18.5)] = 2  # along the wall
+    seeds[40, 44:47] = 3  # a short stroke in the cavity's centre
+    seeds[40, 12:18] = 1
+    seeds[3, 5:85] = 0
+    labels = densify_slice(image, seeds, 4)
+    # Without the hull fill the wall's seeds flood every spoke (0 % of them cavity).
+    assert (labels[spokes & _disc(truth.shape, (40, 50), 15)] == 3).mean() > 0.9
