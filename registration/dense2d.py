@@ -29,8 +29,6 @@ pool too small on drawn slices, the largest error left on them after ten rounds.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from scipy import ndimage
 from skimage.filters import sobel
@@ -80,7 +78,7 @@ CLICK_EXTENT_PIXELS = 3
 #: i.e. the band of about two blur widths along the watershed borders.
 REFINE_BAND = 0.99
 #: A foreground class counts as enclosed by another when at least this share of its pixels
-#: lies inside the other's outline (the other with its holes filled).
+#: lies inside the other's outline (the other with its holes filled); not tuned.
 ENCLOSED_SHARE = 0.5
 #: An enclosed class is filled out to its convex hull only when the hull adds at most this
 #: share of its area: a cavity's rim bitten by its wall's flood, not a structure that is
@@ -140,9 +138,8 @@ def densify_slice(
         relief = relief + MODEL_EDGE_WEIGHT * np.max([sobel(p) for p in model], axis=0)
     labels = watershed(relief, markers, compactness=COMPACTNESS) - 1
     labels = refine_by_appearance(labels, normalized, seeds, num_classes)
-    labels = fill_enclosed_to_hull(labels, seeded, num_classes)
     labels[seeded] = seeds[seeded]
-    return labels.astype(np.int64)
+    return fill_enclosed_to_hull(labels, seeded, num_classes).astype(np.int64)
 
 
 def far_from_seeds(seeds_yx: np.ndarray, spacing_yx: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
@@ -203,12 +200,17 @@ def _box(mask: np.ndarray) -> tuple[slice, slice]:
 
 
 def fill_enclosed_to_hull(labels_yx: np.ndarray, keep_yx: np.ndarray, num_classes: int) -> np.ndarray:
-    """Labels (y, x) where each foreground class enclosed by other foreground classes (at least
-    ``ENCLOSED_SHARE`` of its pixels inside their outlines) takes the pixels of its convex hull
-    that those classes hold, unless the hull adds more than ``HULL_MAX_GROWTH`` of its area;
-    pixels where ``keep_yx`` is True never change. Classes are visited smallest first.
-    ``labels_yx`` is not modified."""
+    """Labels (y, x) where a foreground class c enclosed by another foreground class d (at
+    least ``ENCLOSED_SHARE`` of c's pixels inside d's outline, i.e. d with its holes filled)
+    takes the pixels of d inside the convex hull of its part in that outline, unless the hull
+    adds more than ``HULL_MAX_GROWTH`` of that part's area. A connected piece of d inside the
+    hull that holds a pixel where ``keep_yx`` is True (drawn by the user, or the previous
+    answer they accepted) stays d whole: the user put the wall there. Classes are visited
+    smallest first; the background is never taken or given. ``labels_yx`` is not modified."""
     out = np.array(labels_yx, copy=True)
+    keep = np.asarray(keep_yx, dtype=bool)
+    if keep.shape != out.shape or out.ndim != 2:
+        raise ValueError(f"expected 2D labels and keep mask of one shape, got {out.shape} and {keep.shape}")
     areas = np.bincount(out.ravel().astype(np.int64), minlength=num_classes)
     present = [c for c in range(1, num_classes) if areas[c] > 0]
     if len(present) < 2:
@@ -220,22 +222,18 @@ def fill_enclosed_to_hull(labels_yx: np.ndarray, keep_yx: np.ndarray, num_classe
         outline[box] = ndimage.binary_fill_holes(out[box] == cls)
         outlines[cls] = outline
     for cls in sorted(present, key=lambda c: int(areas[c])):
-        region = out == cls
-        area = int(region.sum())
-        if area == 0:
-            continue
-        enclosing = [d for d in present if d != cls and outlines[d][region].sum() >= ENCLOSED_SHARE * area]
-        if not enclosing:
-            continue
-        box = _box(region)
-        inside = region[box]
-        if min(inside.shape) < 3:  # a line has no hull to fill
-            continue
-        with warnings.catch_warnings():  # pixels on one diagonal: qhull fails, no growth
-            warnings.simplefilter("ignore", UserWarning)
-            growth = convex_hull_image(inside) & ~inside
-        if growth.sum() > HULL_MAX_GROWTH * area:
-            continue
-        take = growth & ~keep_yx[box] & np.isin(out[box], enclosing)
-        out[box][take] = cls
+        for wall in present:
+            region = out == cls
+            inside = region & outlines[wall]
+            area = int(inside.sum())
+            if wall == cls or area == 0 or area < ENCLOSED_SHARE * region.sum():
+                continue
+            box = _box(inside)
+            growth = convex_hull_image(inside[box]) & ~inside[box]
+            if growth.sum() > HULL_MAX_GROWTH * area:
+                continue
+            pieces, _ = ndimage.label(growth & (out[box] == wall), structure=np.ones((3, 3), dtype=bool))
+            held = np.unique(pieces[keep[box] & (pieces > 0)])
+            take = (pieces > 0) & ~np.isin(pieces, held)
+            out[box][take] = cls
     return out

@@ -144,17 +144,32 @@ def _wall_and_cavity(shape=(80, 90)):
 def test_an_enclosed_cavity_takes_back_the_spokes_its_wall_flooded():
     truth, spokes = _wall_and_cavity()
     bitten = np.where(spokes, 2, truth)
+    bitten[40, 30:33] = 0  # a background bite in the cavity's rim: never taken
     keep = np.zeros(truth.shape, dtype=bool)
-    keep[40, 62] = True  # a seeded pixel keeps its label
+    keep[52, 50] = True  # a drawn (or accepted) wall pixel on the lower spoke: it stays wall, whole
     before = bitten.copy()
     filled = fill_enclosed_to_hull(bitten, keep, 4)
     assert (bitten == before).all()  # the input is not modified
-    assert filled[40, 62] == 2
+    lower_spoke = spokes & (np.mgrid[:80, :90][0] >= 50)
+    assert (filled[lower_spoke] == 2).all()
     # All but the spokes' last pixel at the wall, which the hull's chords pass inside of.
-    assert (filled[spokes & ~keep & _disc(truth.shape, (40, 50), 15)] == 3).all()
+    assert (filled[spokes & ~lower_spoke & _disc(truth.shape, (40, 50), 15)] == 3).all()
+    assert (filled[40, 30:33] == 0).all()
     # The hull runs through pixel corners: it may add a rim pixel here and there, from the wall.
     grown = (filled == 3) & (truth != 3)
-    assert (truth[grown] == 2).all() and grown.sum() <= 0.05 * (truth == 3).sum()
+    assert (bitten[grown] == 2).all() and grown.sum() <= 0.05 * (truth == 3).sum()
+    with pytest.raises(ValueError, match="one shape"):
+        fill_enclosed_to_hull(bitten, keep[:, :-1], 4)
+
+
+def test_a_piece_of_the_cavity_outside_its_wall_does_not_cut_the_wall():
+    truth, _ = _wall_and_cavity()
+    island = truth.copy()
+    island[38:41, 74:77] = 3  # a stray 3 x 3 of the cavity's class just outside the wall
+    filled = fill_enclosed_to_hull(island, np.zeros(truth.shape, dtype=bool), 4)
+    # The hull is that of the part inside the wall: the wall stays closed around the cavity.
+    assert (filled[(island == 2) & ~_disc(truth.shape, (40, 50), 17)] == 2).all()
+    assert (filled[38:41, 74:77] == 3).all()
 
 
 def test_the_hull_fill_leaves_classes_that_are_not_enclosed_or_not_nearly_convex():
