@@ -41,7 +41,7 @@ from registration.appearance import (
     reweight_by_intensity,
 )
 from registration.io.volume import UNLABELLED
-from registration.labels import bounding_extent
+from registration.labels import bounding_box, bounding_extent
 
 #: Flooding regularity (skimage ``compactness``): 0 = pure watershed.
 COMPACTNESS = 1e-3
@@ -196,8 +196,8 @@ def refine_by_appearance(
 
 
 def _box(mask: np.ndarray) -> tuple[slice, slice]:
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    y0, x0, y1, x1 = bounding_box(mask)
+    return slice(y0, y1), slice(x0, x1)
 
 
 def fill_enclosed_to_hull(labels_yx: np.ndarray, keep_yx: np.ndarray, num_classes: int) -> np.ndarray:
@@ -224,10 +224,12 @@ def fill_enclosed_to_hull(labels_yx: np.ndarray, keep_yx: np.ndarray, num_classe
         outlines[cls] = outline
     for cls in sorted(present, key=lambda c: int(areas[c])):
         for wall in present:
+            if wall == cls:
+                continue
             region = out == cls
             inside = region & outlines[wall]
             area = int(inside.sum())
-            if wall == cls or area == 0 or area < ENCLOSED_SHARE * region.sum():
+            if area == 0 or area < ENCLOSED_SHARE * region.sum():
                 continue
             box = _box(inside)
             growth = convex_hull_image(inside[box]) & ~inside[box]

@@ -1,4 +1,4 @@
-"""Label volumes as class probabilities, and the size of a drawn mask."""
+"""Label volumes as class probabilities, and the box and size of a drawn mask."""
 
 from __future__ import annotations
 
@@ -22,3 +22,13 @@ def bounding_extent(mask: np.ndarray, spacing: tuple[float, ...] | None = None) 
         return 0.0
     steps = (1.0,) * len(where) if spacing is None else spacing
     return float(max((int(w.max()) - int(w.min()) + 1) * float(d) for w, d in zip(where, steps, strict=True)))
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1), ends exclusive, of the True pixels of a 2D ``mask``; None when
+    nothing is True."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1

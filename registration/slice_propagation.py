@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from registration.appearance import class_intensity_model, reweight_by_intensity
 from registration.class_borders import hold_invisible_borders, invisible_border_groups
-from registration.labels import one_hot
+from registration.labels import bounding_box, one_hot
 from registration.resample import resize_field, resize_linear, shrink_mean, warp_bilinear
 from registration.slice_registration import (
     DemonsSettings,
@@ -128,14 +128,6 @@ def slice_confidence(length: int, annotated: list[int]) -> np.ndarray:
     positions = np.arange(length)[:, None]
     distance = np.abs(positions - np.asarray(sorted(annotated))[None, :]).min(axis=1)
     return (1.0 / (1.0 + distance)).astype(np.float32)
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 def _grow_box(box: tuple[int, int, int, int], shape: tuple[int, int], settings: PropagationSettings):
@@ -237,7 +229,7 @@ def propagate_axis(
     annotated = sorted(labels_by_index)
     confidence = slice_confidence(n, annotated)
     foreground = [labels_by_index[i] > 0 for i in annotated]
-    box = _bounding_box(np.logical_or.reduce(foreground))
+    box = bounding_box(np.logical_or.reduce(foreground))
     if box is None:  # only background was annotated along this axis
         return _background_only(n, annotated)
     y0, x0, y1, x1 = _grow_box(box, (h, w), settings)
@@ -355,7 +347,7 @@ def propagate_axis(
     t = ((span - key_array[before]) / np.maximum(key_array[after] - key_array[before], 1)).astype(np.float32)
 
     # Up-sample only the window where foreground remains (interpolation keeps sums at one).
-    present = _bounding_box((1.0 - working[0] > settings.negligible).any(axis=0))
+    present = bounding_box((1.0 - working[0] > settings.negligible).any(axis=0))
     if present is None:
         return _background_only(n, annotated)
     r0, c0, r1, c1 = present
