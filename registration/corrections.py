@@ -63,12 +63,21 @@ def released_by_stroke(stroke: np.ndarray, previous_is_class: np.ndarray) -> np.
         reach = np.full(shape, release_radius(stroke))
         minimum = MIN_RELEASE_PIXELS
     released = np.zeros(shape, dtype=bool)
-    for y, x in zip(*np.nonzero(stroke), strict=True):
-        radius = max(minimum, float(reach[y, x]))
+    ys, xs = np.nonzero(stroke)
+    radii = np.maximum(minimum, reach[ys, xs].astype(np.float64))
+    # The stroke pixels of one radius at a time: a pixel lies in one of their discs exactly
+    # when the nearest of them is within the radius (an exact feature transform on a crop).
+    for radius in np.unique(radii):
+        gy, gx = ys[radii == radius], xs[radii == radius]
         r = int(np.ceil(radius))
-        y0, y1, x0, x1 = max(0, y - r), min(shape[0], y + r + 1), max(0, x - r), min(shape[1], x + r + 1)
-        yy, xx = np.ogrid[y0 - y:y1 - y, x0 - x:x1 - x]
-        released[y0:y1, x0:x1] |= yy * yy + xx * xx <= radius * radius
+        y0, y1 = max(0, int(gy.min()) - r), min(shape[0], int(gy.max()) + r + 1)
+        x0, x1 = max(0, int(gx.min()) - r), min(shape[1], int(gx.max()) + r + 1)
+        away = np.ones((y1 - y0, x1 - x0), dtype=bool)
+        away[gy - y0, gx - x0] = False
+        nearest_y, nearest_x = ndimage.distance_transform_edt(away, return_distances=False, return_indices=True)
+        dy = nearest_y - np.arange(y1 - y0)[:, None]
+        dx = nearest_x - np.arange(x1 - x0)[None, :]
+        released[y0:y1, x0:x1] |= dy * dy + dx * dx <= radius * radius
     return released
 
 

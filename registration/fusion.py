@@ -59,11 +59,15 @@ def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
     return (entropy / np.log(max(p.shape[0], 2))).clip(0.0, 1.0).astype(np.float32)
 
 
-def model_share(confidence: np.ndarray, model_probabilities: np.ndarray, model_weight: float) -> np.ndarray:
+def model_share(
+    confidence: np.ndarray, model_probabilities: np.ndarray, model_weight: float,
+    model_entropy: np.ndarray | None = None,
+) -> np.ndarray:
     """float32 (z, y, x) in [0, 1]: the model's share a = m * (1 - w)^g * (1 - H_model) of the
-    fused answer (module docstring)."""
+    fused answer (module docstring); ``model_entropy``: H_model when the caller has it."""
     far = (1.0 - np.clip(np.asarray(confidence, dtype=np.float32), 0.0, 1.0)) ** PROXY_CONFIDENCE_EXPONENT
-    return (model_weight * far * (1.0 - normalized_entropy(model_probabilities))).astype(np.float32)
+    entropy = normalized_entropy(model_probabilities) if model_entropy is None else model_entropy
+    return (model_weight * far * (1.0 - entropy)).astype(np.float32)
 
 
 def drawn_agreement(model_probabilities: np.ndarray, user_labels: np.ndarray) -> tuple[float, int] | None:

@@ -14,6 +14,22 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
+def class_argmax(probabilities: np.ndarray) -> np.ndarray:
+    """uint8 (...): the first most probable class of (C, ...) ``probabilities`` (C < 256), as
+    ``probabilities.argmax(axis=0)``, in C passes over contiguous planes (NumPy's argmax along
+    a leading axis walks the volume with a stride of one class plane: ~4x slower on a
+    (4, 10, 256, 216) ACDC volume)."""
+    probabilities = np.asarray(probabilities)
+    best = probabilities[0].copy()
+    labels = np.zeros(best.shape, dtype=np.uint8)
+    better = np.empty(best.shape, dtype=bool)
+    for cls in range(1, probabilities.shape[0]):
+        np.greater(probabilities[cls], best, out=better)
+        labels[better] = cls
+        np.maximum(best, probabilities[cls], out=best)
+    return labels
+
+
 def bounding_extent(mask: np.ndarray, spacing: tuple[float, ...] | None = None) -> float:
     """The longer side of the bounding box of the True pixels of ``mask`` (pixels, or mm
     with ``spacing``, one per axis of ``mask``); 0 when nothing is True."""

@@ -59,6 +59,7 @@ import numpy as np
 from scipy import ndimage
 
 from registration.fusion import model_share, normalized_entropy
+from registration.labels import class_argmax
 
 #: Reliability the model needs at open (no annotations yet) before its uncertainty, not the
 #: centre of the volume, says where to start.
@@ -164,11 +165,11 @@ def error_estimate(
         return np.clip(1.0 - keep, 0.0, 1.0).astype(np.float32)
     model = np.asarray(model_probabilities, dtype=np.float32)
     proxy = np.asarray(proxy_probabilities, dtype=np.float32)
-    proxy_part = 1.0 - model_share(confidence, model, model_weight)
-    answer = fused.argmax(axis=0)
-    follows_model = answer == model.argmax(axis=0)
-    follows_proxy = answer == proxy.argmax(axis=0)
     entropy_proxy, entropy_model = normalized_entropy(proxy), normalized_entropy(model)
+    proxy_part = 1.0 - model_share(confidence, model, model_weight, model_entropy=entropy_model)
+    answer, model_labels, proxy_labels = (class_argmax(p) for p in (fused, model, proxy))
+    follows_model = answer == model_labels
+    follows_proxy = answer == proxy_labels
     entropy = np.where(follows_model, entropy_model, entropy_proxy)
     entropy[follows_model & follows_proxy] = (entropy_proxy * entropy_model)[follows_model & follows_proxy]
     keep = 1.0 - entropy
@@ -177,7 +178,7 @@ def error_estimate(
     model_trust = model_weight * (1.0 - entropy_model)
     losing_trust = np.where(follows_model, proxy_trust, model_trust)
     wrong_if_split = losing_trust / np.maximum(proxy_trust + model_trust, 1e-6)
-    disagree = model.argmax(axis=0) != proxy.argmax(axis=0)
+    disagree = model_labels != proxy_labels
     keep *= 1.0 - np.where(disagree, wrong_if_split, 0.0)
     return np.clip(1.0 - keep, 0.0, 1.0).astype(np.float32)
 

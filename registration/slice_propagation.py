@@ -108,6 +108,10 @@ class PropagationSettings:
     #: (``register_slice_pairs_memoised``): the rounds of a session register the same pairs
     #: again. Off by default so that benchmarks timing repeated propagations time the work.
     memoise_fields: bool = False
+    #: The ROI's corners snap outwards to a grid of this share of the plane's shorter side
+    #: (0: off), so that the ROI of a session's rounds changes less often and their memoised
+    #: fields are reused.
+    roi_grid_fraction: float = 0.0
 
 
 @dataclass
@@ -130,11 +134,20 @@ def slice_confidence(length: int, annotated: list[int]) -> np.ndarray:
     return (1.0 / (1.0 + distance)).astype(np.float32)
 
 
-def _grow_box(box: tuple[int, int, int, int], shape: tuple[int, int], settings: PropagationSettings):
+def roi_box(
+    box: tuple[int, int, int, int], shape: tuple[int, int], settings: PropagationSettings
+) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1), ends exclusive: the ROI of annotated foreground ``box`` on a plane of
+    ``shape``, grown by the settings' margin and snapped outwards to their grid."""
     y0, x0, y1, x1 = box
     my = max(settings.roi_margin_min, math.ceil(settings.roi_margin_fraction * (y1 - y0)))
     mx = max(settings.roi_margin_min, math.ceil(settings.roi_margin_fraction * (x1 - x0)))
-    return max(0, y0 - my), max(0, x0 - mx), min(shape[0], y1 + my), min(shape[1], x1 + mx)
+    y0, x0, y1, x1 = max(0, y0 - my), max(0, x0 - mx), min(shape[0], y1 + my), min(shape[1], x1 + mx)
+    grid = max(1, round(settings.roi_grid_fraction * min(shape)))
+    return (
+        y0 // grid * grid, x0 // grid * grid,
+        min(shape[0], -(-y1 // grid) * grid), min(shape[1], -(-x1 // grid) * grid),
+    )
 
 
 def slice_step(image: np.ndarray, spacing: tuple[float, float, float], samples: int = 32) -> float:
@@ -232,7 +245,7 @@ def propagate_axis(
     box = bounding_box(np.logical_or.reduce(foreground))
     if box is None:  # only background was annotated along this axis
         return _background_only(n, annotated)
-    y0, x0, y1, x1 = _grow_box(box, (h, w), settings)
+    y0, x0, y1, x1 = roi_box(box, (h, w), settings)
     roi_side = max(y1 - y0, x1 - x0)
     reg_factor = max(1, math.ceil(roi_side / settings.working_size))
     carry_factor = max(1, math.ceil(roi_side / settings.carry_size))

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registration.io.volume import Volume
+from registration.labels import class_argmax
 from registration.opening_choice import OpeningScore, atlas_retired, prefer_atlas
 from registration.round import atlas_opening
 from server.context import AppContext
@@ -158,7 +159,7 @@ def round_prediction(
 
 def opening_labels(probabilities: np.ndarray) -> np.ndarray:
     """What an opening shows: the most probable class of each voxel, uint8 (z, y, x)."""
-    return probabilities.argmax(axis=0).astype(np.uint8)
+    return class_argmax(probabilities)
 
 
 def _atlas_prediction(probabilities: np.ndarray) -> Prediction:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from registration.corrections import MIN_RELEASE_PIXELS, release_radius, seeds_with_previous_answer
+from registration.corrections import (
+    MIN_REACH_PIXELS,
+    MIN_RELEASE_PIXELS,
+    release_radius,
+    released_by_stroke,
+    seeds_with_previous_answer,
+)
 from registration.io.volume import UNLABELLED
 
 SHAPE = (48, 64)
@@ -77,3 +84,36 @@ def test_without_seeds_or_with_agreeing_seeds_nothing_is_released():
     assert release_radius(click == 1) == MIN_RELEASE_PIXELS
     with pytest.raises(ValueError):
         seeds_with_previous_answer(empty[:, :-1], previous)
+
+
+def _discs_one_by_one(stroke: np.ndarray, reach: np.ndarray, minimum: float) -> np.ndarray:
+    """The definition: the union of a disc of radius max(minimum, reach) around each stroke pixel."""
+    yy, xx = np.mgrid[: stroke.shape[0], : stroke.shape[1]]
+    out = np.zeros(stroke.shape, dtype=bool)
+    for y, x in zip(*np.nonzero(stroke), strict=True):
+        radius = max(minimum, float(reach[y, x]))
+        out |= (yy - y) ** 2 + (xx - x) ** 2 <= radius * radius
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_released_by_stroke_is_the_union_of_each_stroke_pixels_disc(seed):
+    """The stroke pixels are grouped by radius and their discs found by a feature transform:
+    the same pixels as drawing each disc, on a non-square plane, strokes at its edges too."""
+    rng = np.random.default_rng(seed)
+    shape = (37, 53)
+    previous_is_class = np.zeros(shape, dtype=bool)
+    previous_is_class[rng.integers(0, shape[0], 6), rng.integers(0, shape[1], 6)] = True
+    stroke = np.zeros(shape, dtype=bool)
+    stroke[rng.integers(0, shape[0], 25), rng.integers(0, shape[1], 25)] = True
+    stroke[0, :5] = stroke[-1, -3:] = True
+    reach = ndimage.distance_transform_edt(~previous_is_class)
+    np.testing.assert_array_equal(
+        released_by_stroke(stroke, previous_is_class), _discs_one_by_one(stroke, reach, MIN_REACH_PIXELS)
+    )
+    without_class = np.zeros(shape, dtype=bool)
+    radius = np.full(shape, release_radius(stroke))
+    np.testing.assert_array_equal(
+        released_by_stroke(stroke, without_class), _discs_one_by_one(stroke, radius, MIN_RELEASE_PIXELS)
+    )
+    assert not released_by_stroke(np.zeros(shape, dtype=bool), previous_is_class).any()

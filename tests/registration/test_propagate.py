@@ -10,7 +10,7 @@ from registration.class_borders import hold_invisible_borders, invisible_border_
 from registration.io.volume import UNLABELLED
 from registration.propagate import SliceAnnotation, labels_from_probabilities, propagate_to_volume
 from registration.resample import warp_bilinear
-from registration.slice_propagation import PropagationSettings, demons_for_distance
+from registration.slice_propagation import PropagationSettings, demons_for_distance, roi_box
 from registration.slice_registration import (
     DemonsSettings,
     field_cache_counts,
@@ -262,3 +262,31 @@ def test_adjacent_annotated_slices_do_not_cut_a_structure_off():
         image, annotate(labels, 0, [14, 15]), 2, settings=PropagationSettings(gap_limit_from=0.0)
     )
     assert np.count_nonzero(limited.labels) < np.count_nonzero(proxy.labels)
+
+
+def test_a_snapped_roi_lets_a_slightly_moved_annotation_reuse_every_field(moving_shape):
+    """Rounds whose annotations differ by a pixel at the structure's edge: with the ROI on a
+    grid they register the same crops (no new field), without it every pair anew."""
+    annotations = annotate(moving_shape.labels, 0, [8, 20])
+    moved = [SliceAnnotation(a.axis, a.index, a.labels.copy()) for a in annotations]
+    rows, cols = np.nonzero(moved[0].labels)
+    moved[0].labels[rows.max() + 1, cols[rows.argmax()]] = moved[0].labels[rows.max(), cols[rows.argmax()]]
+
+    def misses(settings: PropagationSettings) -> int:
+        propagate_to_volume(moving_shape.image, annotations, 4, settings=settings)
+        before = field_cache_counts()["misses"]
+        propagate_to_volume(moving_shape.image, moved, 4, settings=settings)
+        return field_cache_counts()["misses"] - before
+
+    assert misses(PropagationSettings(memoise_fields=True)) > 0
+    assert misses(PropagationSettings(memoise_fields=True, roi_grid_fraction=0.25)) == 0
+
+
+def test_the_roi_snaps_outwards_to_the_grid_within_the_plane():
+    settings = PropagationSettings(roi_margin_fraction=0.0, roi_margin_min=0, roi_grid_fraction=0.25)
+    # plane 40 x 72: grid round(0.25 * 40) = 10 pixels
+    assert roi_box((13, 21, 27, 66), (40, 72), settings) == (10, 20, 30, 70)
+    assert roi_box((3, 65, 38, 71), (40, 72), settings) == (0, 60, 40, 72)  # clipped to the plane
+    assert roi_box((13, 21, 27, 66), (40, 72), PropagationSettings(roi_margin_fraction=0.0, roi_margin_min=0)) == (
+        13, 21, 27, 66
+    )
