@@ -20,3 +20,9 @@ def test_class_argmax_is_numpys_argmax_ties_included(num_classes):
     np.testing.assert_array_equal(labels, probabilities.argmax(axis=0))
     if num_classes > 2:
         assert labels[1, 2, 3] == 1
+
+
+def test_class_argmax_of_one_dimensional_probabilities_and_too_many_classes():
+    assert class_argmax(np.array([0.2, 0.5, 0.3])) == 1
+    with pytest.raises(ValueError, match="256 classes"):
+        class_argmax(np.zeros((257, 2)))
