@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from registration.appearance import normalize_intensity_sampled
 from registration.io.volume import UNLABELLED
-from registration.labels import one_hot
+from registration.labels import class_argmax, one_hot
 from registration.slice_propagation import AxisProxy, PropagationSettings, propagate_axis
 
 __all__ = [
@@ -64,12 +64,7 @@ def labels_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
     num_classes = probabilities.shape[0]
     if num_classes == 1:
         return np.zeros(probabilities.shape[1:], dtype=np.uint8)
-    best = probabilities[1].copy()
-    labels = np.ones(probabilities.shape[1:], dtype=np.uint8)
-    for cls in range(2, num_classes):
-        better = probabilities[cls] > best
-        labels[better] = cls
-        np.maximum(best, probabilities[cls], out=best)
+    labels = class_argmax(probabilities[1:]) + np.uint8(1)
     labels[probabilities[0] >= 0.5] = 0
     return labels
 
