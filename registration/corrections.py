@@ -51,20 +51,50 @@ def release_radius(stroke: np.ndarray) -> float:
     return max(MIN_RELEASE_PIXELS, RELEASE_EXTENT_FRACTION * bounding_extent(stroke))
 
 
+#: ``distance_to_nearest`` looks for the nearest pixel within this many pixels of the given
+#: ones first (a stroke's class is usually a few pixels away), on the whole plane only when
+#: a pixel outside that box could be nearer (the previous answer's seeds of a round, 6 ACDC val
+#: volumes x 8 rounds: 27 -> 9 ms, the same seeds).
+NEAREST_SEARCH_MARGIN = 16
+
+
+def distance_to_nearest(ys: np.ndarray, xs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """float64 (n,): the Euclidean distance (pixels) from each pixel (ys[i], xs[i]) to the
+    nearest True pixel of the 2D ``mask``, which must hold one. Exactly the whole plane's
+    distance transform there, taken on the pixels' box grown by ``NEAREST_SEARCH_MARGIN``
+    when what it finds is no further than the box's edge."""
+    if ys.size == 0:
+        return np.zeros(0)
+    h, w = mask.shape
+    y0, y1 = max(0, int(ys.min()) - NEAREST_SEARCH_MARGIN), min(h, int(ys.max()) + NEAREST_SEARCH_MARGIN + 1)
+    x0, x1 = max(0, int(xs.min()) - NEAREST_SEARCH_MARGIN), min(w, int(xs.max()) + NEAREST_SEARCH_MARGIN + 1)
+    box = mask[y0:y1, x0:x1]
+    if box.any():
+        found = ndimage.distance_transform_edt(~box)[ys - y0, xs - x0]
+        # A pixel outside the box lies at least one row or column beyond its edge.
+        beyond = np.full(ys.shape, np.inf)
+        for outside, gap in ((y0 > 0, ys - y0 + 1), (y1 < h, y1 - ys), (x0 > 0, xs - x0 + 1), (x1 < w, x1 - xs)):
+            if outside:
+                beyond = np.minimum(beyond, gap)
+        if (found <= beyond).all():
+            return found
+    return ndimage.distance_transform_edt(~mask)[ys, xs]
+
+
 def released_by_stroke(stroke: np.ndarray, previous_is_class: np.ndarray) -> np.ndarray:
     """bool (y, x): the union of discs around the ``stroke`` pixels, each reaching the nearest
     pixel of ``previous_is_class`` and at least MIN_REACH_PIXELS, or ``release_radius`` when
     the previous answer has no pixel of the class."""
     shape = stroke.shape
+    ys, xs = np.nonzero(stroke)
     if previous_is_class.any():
-        reach = ndimage.distance_transform_edt(~previous_is_class)
+        reach = distance_to_nearest(ys, xs, previous_is_class)
         minimum = MIN_REACH_PIXELS
     else:
-        reach = np.full(shape, release_radius(stroke))
+        reach = np.full(ys.shape, release_radius(stroke))
         minimum = MIN_RELEASE_PIXELS
     released = np.zeros(shape, dtype=bool)
-    ys, xs = np.nonzero(stroke)
-    radii = np.maximum(minimum, reach[ys, xs].astype(np.float64))
+    radii = np.maximum(minimum, reach.astype(np.float64))
     # The stroke pixels of one radius at a time: a pixel lies in one of their discs exactly
     # when the nearest of them is within the radius (an exact feature transform on a crop).
     for radius in np.unique(radii):

@@ -9,6 +9,7 @@ from scipy import ndimage
 from registration.corrections import (
     MIN_REACH_PIXELS,
     MIN_RELEASE_PIXELS,
+    distance_to_nearest,
     release_radius,
     released_by_stroke,
     seeds_with_previous_answer,
@@ -117,3 +118,18 @@ def test_released_by_stroke_is_the_union_of_each_stroke_pixels_disc(seed):
         released_by_stroke(stroke, without_class), _discs_one_by_one(stroke, radius, MIN_RELEASE_PIXELS)
     )
     assert not released_by_stroke(np.zeros(shape, dtype=bool), previous_is_class).any()
+
+
+def test_distance_to_nearest_is_the_whole_planes_distance_transform_near_and_far():
+    rng = np.random.default_rng(7)
+    mask = np.zeros((90, 140), dtype=bool)
+    mask[70, 130] = True  # far from the pixels below: beyond their box
+    ys, xs = np.array([5, 9, 12, 20]), np.array([8, 30, 11, 15])
+    reference = ndimage.distance_transform_edt(~mask)
+    assert np.array_equal(distance_to_nearest(ys, xs, mask), reference[ys, xs])
+    mask[25, 10] = True  # inside the box, but a pixel outside it could still be nearer to (5, 8)
+    mask[0, 40] = True
+    mask |= rng.random(mask.shape) < 0.002
+    reference = ndimage.distance_transform_edt(~mask)
+    assert np.array_equal(distance_to_nearest(ys, xs, mask), reference[ys, xs])
+    assert distance_to_nearest(ys[:0], xs[:0], mask).shape == (0,)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
+from skimage.segmentation import watershed
 
+from registration import dense2d
+from registration.appearance import normalize_intensity_sampled
+from registration.corrections import seeds_with_previous_answer
 from registration.dense2d import (
     densify_slice,
     far_from_seeds,
@@ -196,3 +201,74 @@ def test_densify_gives_the_cavity_the_dark_spokes_that_look_like_its_wall():
     labels = densify_slice(image, seeds, 4)
     # Without the hull fill the wall's seeds flood every spoke (0 % of them cavity).
     assert (labels[spokes & _disc(truth.shape, (40, 50), 15)] == 3).mean() > 0.9
+
+
+def _whole_plane_densify(image, seeds, num_classes, probabilities=None):
+    """``densify_slice`` with the flood and the refinement on the whole plane (the reference
+    the boxed run must equal)."""
+    seeded = seeds != UNLABELLED
+    markers = np.where(seeded, seeds.astype(np.int64) + 1, 0)
+    normalized = normalize_intensity_sampled(image[None])[0]
+    whole = (slice(0, image.shape[0]), slice(0, image.shape[1]))
+    relief = dense2d.flooding_relief(normalized, probabilities, whole)
+    labels = watershed(relief, markers, compactness=dense2d.COMPACTNESS) - 1
+    labels = refine_by_appearance(labels, normalized, seeds, num_classes)
+    labels[seeded] = seeds[seeded]
+    return fill_enclosed_to_hull(labels, seeded, num_classes)
+
+
+def test_a_correction_floods_only_the_box_it_opens_with_the_whole_planes_labels():
+    truth, spokes = _wall_and_cavity((96, 120))
+    rng = np.random.default_rng(3)
+    image = np.select([truth == 0, truth == 1, truth == 2, spokes], [0.5, 0.75, 0.2, 0.2], 0.9)
+    image = (image + rng.normal(0, 0.05, truth.shape)).astype(np.float32)
+    previous = truth.copy()
+    previous[(truth == 3) & _disc(truth.shape, (40, 50), 16) & ~_disc(truth.shape, (40, 50), 12)] = 2
+    previous[truth == 1] = 0  # the crescent missed
+    strokes = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    strokes[40, 14:30] = 1
+    strokes[36:45, 36] = 3
+    seeds = seeds_with_previous_answer(strokes, previous.astype(np.uint8))
+    open_pixels = seeds == UNLABELLED
+    assert 0 < open_pixels.mean() < 0.2  # a correction: most of the plane stays seeded
+    model = np.stack([(truth == c) * 0.7 + 0.075 for c in range(4)]).astype(np.float32)
+    for probabilities in (None, model):
+        labels = densify_slice(image, seeds, 4, probabilities_cyx=probabilities)
+        assert (labels == _whole_plane_densify(image, seeds, 4, probabilities)).all()
+        assert (labels[~open_pixels] == seeds[~open_pixels]).all()
+    assert (labels[open_pixels] == 1).any() and (labels[open_pixels] == 3).any()  # the strokes flood
+
+
+def test_the_relief_on_a_box_is_the_whole_planes_relief_there():
+    rng = np.random.default_rng(5)
+    normalized = rng.random((150, 170)).astype(np.float32)
+    model = rng.dirichlet(np.ones(3), size=(150, 170)).transpose(2, 0, 1).astype(np.float32)
+    whole = (slice(0, 150), slice(0, 170))
+    for box in ((slice(40, 61), slice(70, 98)), (slice(0, 12), slice(150, 170))):
+        for probabilities in (None, model):
+            reference = dense2d.flooding_relief(normalized, probabilities, whole)[box]
+            assert (dense2d.flooding_relief(normalized, probabilities, box) == reference).all()
+
+
+def test_the_refinement_on_a_box_changes_its_pixels_as_on_the_whole_plane_and_no_other():
+    rng = np.random.default_rng(4)
+    shape = (160, 192)  # a blur of 1 pixel, reaching 5
+    labels = np.kron(rng.integers(0, 4, size=(40, 48)), np.ones((4, 4), dtype=np.int64))  # borders everywhere
+    image = (0.2 * labels + rng.normal(0, 0.15, shape)).clip(0, 1).astype(np.float32)
+    seeds = np.where(rng.random(shape) < 0.3, labels, UNLABELLED).astype(np.uint8)
+    whole = refine_by_appearance(labels, image, seeds, 4)
+    assert (whole != labels).any()
+    box = (slice(50, 97), slice(33, 75))
+    boxed = refine_by_appearance(labels, image, seeds, 4, box=box)
+    assert (boxed[box] == whole[box]).all()
+    outside = np.ones(shape, dtype=bool)
+    outside[box] = False
+    assert (boxed[outside] == labels[outside]).all()
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 1.45, 2.3])
+def test_the_gaussian_reach_is_the_last_pixel_an_impulse_spreads_to(sigma):
+    impulse = np.zeros(41, dtype=np.float32)
+    impulse[20] = 1.0
+    spread = np.flatnonzero(ndimage.gaussian_filter(impulse, sigma) > 0) - 20
+    assert spread.max() == dense2d._gaussian_reach(sigma) == -spread.min()
