@@ -24,10 +24,11 @@ A correction leaves few pixels undecided: the previous answer seeds the rest of 
 the pixels left open (their filters on the box grown by their reach): the labels of the
 whole plane's run in a quarter of the time (26 -> 6 ms a plane; the same labels on all 395
 planes of ACDC and hippocampus val replays, and every round of ``clients.bench_rounds`` on
-ACDC val 20 x 10 and hippocampus val 10 x 8 the same). One exception: where markers of
-different classes tie exactly in relief next to an open pixel, scikit-image floods them in
-its heap's order, which depends on every marker pushed; on noise-free piecewise-constant
-synthetic planes 31 of 200 came out a few pixels different.
+ACDC val 20 x 10 and hippocampus val 10 x 8 the same). One exception: markers that tie
+exactly in relief (of any classes; a flooded pixel's compactness term depends on which of
+them it came from) are popped in the order of scikit-image's heap, which depends on every
+marker pushed. Such ties need exactly flat relief, e.g. where intensities are clipped: on
+noise-free piecewise-constant synthetic planes 31 of 200 came out a few pixels different.
 
 Last, a structure enclosed by another, a cavity inside its wall (the left-ventricular blood
 pool inside the myocardium), is filled out to its convex hull at the wall's expense
@@ -146,9 +147,8 @@ def densify_slice(
     undecided = _box(markers == 0)
     if undecided is not None:
         # The flood of an undecided pixel comes from the markers around its region, all of
-        # them inside the box grown by one pixel (module docstring: a correction decides a
-        # few hundred pixels of a plane; flooding the box takes a fifth of the plane's time).
-        flooded = grown_box(undecided, 1, image.shape)
+        # them inside the box grown by one pixel.
+        flooded = _grown_box(undecided, 1, image.shape)
         relief = flooding_relief(normalized, probabilities_cyx, flooded)
         labels[flooded] = watershed(relief, markers[flooded], compactness=COMPACTNESS) - 1
     unseeded = _box(~seeded)
@@ -158,7 +158,7 @@ def densify_slice(
     return fill_enclosed_to_hull(labels, seeded, num_classes).astype(np.int64)
 
 
-def grown_box(box: tuple[slice, slice], margin: int, shape: tuple[int, int]) -> tuple[slice, slice]:
+def _grown_box(box: tuple[slice, slice], margin: int, shape: tuple[int, int]) -> tuple[slice, slice]:
     """``box`` grown by ``margin`` pixels on every side, clipped to a plane of ``shape``."""
     return tuple(slice(max(0, b.start - margin), min(n, b.stop + margin)) for b, n in zip(box, shape, strict=True))
 
@@ -177,16 +177,16 @@ def _gaussian_reach(sigma: float) -> int:
 def flooding_relief(
     normalized_yx: np.ndarray, probabilities_cyx: np.ndarray | None, box: tuple[slice, slice]
 ) -> np.ndarray:
-    """float (box): the watershed's relief on ``box`` of the plane: the Sobel edges of the
+    """float32 (box): the watershed's relief on ``box`` of the plane: the Sobel edges of the
     smoothed ``normalized_yx``, plus MODEL_EDGE_WEIGHT x the strongest edge of the model's
     class probabilities (C, y, x) when given. Computed on the box grown by the filters'
     reach, so that it equals the relief of the whole plane there."""
     sigma = _smoothing_sigma(normalized_yx.shape)
-    context = grown_box(box, _gaussian_reach(sigma) + 1, normalized_yx.shape)
+    context = _grown_box(box, _gaussian_reach(sigma) + 1, normalized_yx.shape)
     relief = sobel(ndimage.gaussian_filter(normalized_yx[context], sigma))
     if probabilities_cyx is not None:
-        model = np.asarray(probabilities_cyx, dtype=np.float32)
-        relief = relief + MODEL_EDGE_WEIGHT * np.max([sobel(p[context]) for p in model], axis=0)
+        model = np.asarray(probabilities_cyx)[(slice(None), *context)].astype(np.float32, copy=False)
+        relief = relief + MODEL_EDGE_WEIGHT * np.max([sobel(p) for p in model], axis=0)
     return relief[_inside(context, box)]
 
 
@@ -235,7 +235,7 @@ def refine_by_appearance(
     seed_one_hot = np.stack([(seeds_yx[seeded] == c).astype(np.float32) for c in range(num_classes)])
     model = class_intensity_model(normalized_yx[seeded], seed_one_hot)
     box = (slice(0, labels_yx.shape[0]), slice(0, labels_yx.shape[1])) if box is None else box
-    context = grown_box(box, _gaussian_reach(sigma), labels_yx.shape)
+    context = _grown_box(box, _gaussian_reach(sigma), labels_yx.shape)
     around = labels_yx[context]
     prior = np.stack([ndimage.gaussian_filter((around == c).astype(np.float32), sigma) for c in range(num_classes)])
     prior = prior[(slice(None), *_inside(context, box))]

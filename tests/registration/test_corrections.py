@@ -9,6 +9,7 @@ from scipy import ndimage
 from registration.corrections import (
     MIN_REACH_PIXELS,
     MIN_RELEASE_PIXELS,
+    NEAREST_SEARCH_MARGIN,
     distance_to_nearest,
     release_radius,
     released_by_stroke,
@@ -121,15 +122,17 @@ def test_released_by_stroke_is_the_union_of_each_stroke_pixels_disc(seed):
 
 
 def test_distance_to_nearest_is_the_whole_planes_distance_transform_near_and_far():
-    rng = np.random.default_rng(7)
-    mask = np.zeros((90, 140), dtype=bool)
-    mask[70, 130] = True  # far from the pixels below: beyond their box
-    ys, xs = np.array([5, 9, 12, 20]), np.array([8, 30, 11, 15])
+    reach = NEAREST_SEARCH_MARGIN
+    mask = np.zeros((100, 140), dtype=bool)
+    # Their box: rows 40 - reach .. 50 + reach, columns 0 (clipped) .. 70 + reach.
+    ys, xs = np.array([40, 50]), np.array([5, 70])
+    mask[90, 130] = True  # nothing in the box: the whole plane
     reference = ndimage.distance_transform_edt(~mask)
     assert np.array_equal(distance_to_nearest(ys, xs, mask), reference[ys, xs])
-    mask[25, 10] = True  # inside the box, but a pixel outside it could still be nearer to (5, 8)
-    mask[0, 40] = True
-    mask |= rng.random(mask.shape) < 0.002
+    mask[50, 71] = True  # next to (50, 70): found in the box
+    mask[40 + reach + 2, 5] = True  # in the box, reach + 2 below (40, 5) ...
+    mask[40 - reach - 1, 5] = True  # ... but the row just above the box is nearer: the whole plane again
     reference = ndimage.distance_transform_edt(~mask)
+    assert reference[40, 5] == reach + 1
     assert np.array_equal(distance_to_nearest(ys, xs, mask), reference[ys, xs])
     assert distance_to_nearest(ys[:0], xs[:0], mask).shape == (0,)

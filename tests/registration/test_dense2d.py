@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage
+from skimage.filters import sobel
 from skimage.segmentation import watershed
 
 from registration import dense2d
@@ -204,13 +205,19 @@ def test_densify_gives_the_cavity_the_dark_spokes_that_look_like_its_wall():
 
 
 def _whole_plane_densify(image, seeds, num_classes, probabilities=None):
-    """``densify_slice`` with the flood and the refinement on the whole plane (the reference
-    the boxed run must equal)."""
+    """``densify_slice`` as it was before the box: relief, flood and refinement on the
+    whole plane (the reference the boxed run must equal)."""
     seeded = seeds != UNLABELLED
     markers = np.where(seeded, seeds.astype(np.int64) + 1, 0)
+    if not (seeds[seeded] == 0).any():
+        border = np.zeros(image.shape, dtype=bool)
+        border[[0, -1], :] = True
+        border[:, [0, -1]] = True
+        markers[(border | far_from_seeds(seeds)) & ~seeded] = 1
     normalized = normalize_intensity_sampled(image[None])[0]
-    whole = (slice(0, image.shape[0]), slice(0, image.shape[1]))
-    relief = dense2d.flooding_relief(normalized, probabilities, whole)
+    relief = sobel(ndimage.gaussian_filter(normalized, dense2d._smoothing_sigma(image.shape)))
+    if probabilities is not None:
+        relief = relief + dense2d.MODEL_EDGE_WEIGHT * np.max([sobel(q) for q in probabilities], axis=0)
     labels = watershed(relief, markers, compactness=dense2d.COMPACTNESS) - 1
     labels = refine_by_appearance(labels, normalized, seeds, num_classes)
     labels[seeded] = seeds[seeded]
@@ -239,6 +246,38 @@ def test_a_correction_floods_only_the_box_it_opens_with_the_whole_planes_labels(
     assert (labels[open_pixels] == 1).any() and (labels[open_pixels] == 3).any()  # the strokes flood
 
 
+def test_strokes_without_background_are_refined_on_the_open_pixels_the_background_takes():
+    # No background seed: the border and the pixels far from the strokes become background
+    # markers, which are not seeded, so the refinement may still move them (its box is that of
+    # every unseeded pixel, wider than the flood's).
+    truth, spokes = _wall_and_cavity((96, 120))
+    image = np.select([truth == 0, truth == 1, truth == 2, spokes], [0.5, 0.75, 0.2, 0.2], 0.9)
+    image = (image + np.random.default_rng(6).normal(0, 0.05, truth.shape)).astype(np.float32)
+    seeds = np.full(truth.shape, UNLABELLED, dtype=np.uint8)
+    seeds[_disc(truth.shape, (40, 50), 19.5) & ~_disc(truth.shape, (40, 50), 18.5)] = 2
+    seeds[38:43, 44:56] = 3
+    seeds[40, 12:30] = 1
+    labels = densify_slice(image, seeds, 4)
+    assert (labels == _whole_plane_densify(image, seeds, 4)).all()
+    assert _dice(labels == 3, truth == 3) > 0.8
+
+
+def test_the_planes_border_taken_as_background_is_refined_as_on_the_whole_plane():
+    # Seeds everywhere but no background: the border pixels are background markers, not
+    # seeds, so the refinement moves those that look like the structures (box of the unseeded
+    # pixels, not of the undecided ones).
+    rng = np.random.default_rng(8)
+    shape = (160, 200)
+    truth = np.where(np.arange(200)[None, :] < 100, 1, 2) * np.ones(shape, dtype=np.int64)
+    image = (np.where(truth == 1, 0.3, 0.8) + rng.normal(0, 0.05, shape)).astype(np.float32)
+    seeds = np.where(rng.random(shape) < 0.5, truth, UNLABELLED).astype(np.uint8)
+    seeds[[0, -1], :] = UNLABELLED
+    seeds[:, [0, -1]] = UNLABELLED
+    labels = densify_slice(image, seeds, 3)
+    assert (labels == _whole_plane_densify(image, seeds, 3)).all()
+    assert (labels[0] != 0).any()
+
+
 def test_the_relief_on_a_box_is_the_whole_planes_relief_there():
     rng = np.random.default_rng(5)
     normalized = rng.random((150, 170)).astype(np.float32)
@@ -252,18 +291,18 @@ def test_the_relief_on_a_box_is_the_whole_planes_relief_there():
 
 def test_the_refinement_on_a_box_changes_its_pixels_as_on_the_whole_plane_and_no_other():
     rng = np.random.default_rng(4)
-    shape = (160, 192)  # a blur of 1 pixel, reaching 5
+    shape = (160, 192)  # a blur of 1 pixel, reaching 4
     labels = np.kron(rng.integers(0, 4, size=(40, 48)), np.ones((4, 4), dtype=np.int64))  # borders everywhere
     image = (0.2 * labels + rng.normal(0, 0.15, shape)).clip(0, 1).astype(np.float32)
     seeds = np.where(rng.random(shape) < 0.3, labels, UNLABELLED).astype(np.uint8)
     whole = refine_by_appearance(labels, image, seeds, 4)
     assert (whole != labels).any()
-    box = (slice(50, 97), slice(33, 75))
-    boxed = refine_by_appearance(labels, image, seeds, 4, box=box)
-    assert (boxed[box] == whole[box]).all()
-    outside = np.ones(shape, dtype=bool)
-    outside[box] = False
-    assert (boxed[outside] == labels[outside]).all()
+    for box in ((slice(50, 97), slice(33, 75)), (slice(0, 30), slice(170, 192))):  # inside; at a corner
+        boxed = refine_by_appearance(labels, image, seeds, 4, box=box)
+        assert (boxed[box] == whole[box]).all()
+        outside = np.ones(shape, dtype=bool)
+        outside[box] = False
+        assert (boxed[outside] == labels[outside]).all()
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 1.45, 2.3])
