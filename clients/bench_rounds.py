@@ -11,11 +11,13 @@ Per round it reports the mean foreground Dice of the fused answer and of the pro
 the model's weight, where the suggestion for the next round lands (wrong voxels on the
 suggested slice against the mean over the undrawn slices (a random pick) and the worst one),
 how the wrong voxels split between the planes drawn so far and the others (and the share of
-the voxels those planes hold), the rounds that lowered the fused Dice, and the first rounds
-that left it below the model's opening (the answer the user corrected). Per volume, the
-stream benchmark's effort (``clients.stream_metrics``): ground-truth boundary pixels of the
-planes the annotator drew on until the answer first reaches ``--target-dice`` (none when the
-model's opening does; all of them when it never does), against those of every z plane.
+the voxels those planes hold), the rounds that lowered the fused Dice, the first rounds that
+left it below the model's opening (the answer the user corrected), and the time of each phase
+of the computation (``registration.round.ROUND_PHASES``; the summary's ``phase_ms_mean``).
+Per volume, the stream benchmark's effort (``clients.stream_metrics``): ground-truth boundary
+pixels of the planes the annotator drew on until the answer first reaches ``--target-dice``
+(none when the model's opening does; all of them when it never does), against those of every
+z plane.
 
     python -m clients.bench_rounds --data ../shared/data/acdc/val --limit 4 --rounds 4 --model uniform
 """
@@ -41,7 +43,7 @@ from learner.data import case_paths, load_case
 from learner.metrics import dice_per_class
 from registration.io.volume import UNLABELLED
 from registration.residual import opening_suggestion
-from registration.round import compute_round
+from registration.round import ROUND_PHASES, compute_round
 
 MODELS = ("uniform", "truth", "noisy")
 
@@ -88,10 +90,11 @@ def simulate_volume(
         planes.add((axis, index))
         np.moveaxis(seeds, axis, 0)[index][drawing != UNLABELLED] = drawing[drawing != UNLABELLED]
         started = time.perf_counter()
+        phase_seconds = dict.fromkeys(ROUND_PHASES, 0.0)
         result = compute_round(
             image, spacing_zyx, seeds, planes, model, num_classes,
             previous_segmentation=answer.astype(np.uint8) if (answer != NOTHING).all() else None,
-            validation_dice=validation_dice,
+            validation_dice=validation_dice, phase_seconds=phase_seconds,
         )
         seconds = time.perf_counter() - started
         answer = result.segmentation.astype(np.int64)
@@ -118,6 +121,7 @@ def simulate_volume(
             "wrong_elsewhere": int((~on_drawn & (answer != truth)).sum()),
             "drawn_voxel_share": float(on_drawn.mean()),
             "seconds": seconds,
+            "phase_seconds": phase_seconds,
         })
         dice_shown = rows[-1]["dice_fused"]
     return rows
@@ -205,6 +209,9 @@ def summarize(rows: list[dict], efforts: list[dict]) -> dict:
         "worst_undrawn_slice_wrong_voxels": _mean([r["worst_wrong"] for r in hits]),
         "suggestion_hit_rate": _mean([r["suggested_wrong"] > 0 for r in hits]),
         "round_seconds_mean": _mean([r["seconds"] for r in rows]),
+        # where a round's computation goes (registration.round.ROUND_PHASES), ms a round
+        "phase_ms_mean": {name: 1000.0 * _mean([r["phase_seconds"][name] for r in rows]) if rows else None
+                          for name in ROUND_PHASES},
         "rounds_lowering_dice": rounds_lowering_dice(rows),
         "first_rounds_below_opening": first_rounds_below_opening(rows),
         # residual: rounds whose suggestion was missing, already drawn or held nothing worth a stroke

@@ -15,7 +15,9 @@ All volumes are (z, y, x) on the image's grid; probabilities (C, z, y, x).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,12 +75,16 @@ def compute_round(
     num_classes: int,
     validation_dice: float | None = None,
     previous_segmentation: np.ndarray | None = None,
+    phase_seconds: dict[str, float] | None = None,
 ) -> RoundComputation:
     """``validation_dice``: the serving version's validation Dice when the project has one.
     ``previous_segmentation``: the answer the user was shown (uint8 (z, y, x)), if it is to
-    be kept where they did not correct it (``registration.corrections``)."""
+    be kept where they did not correct it (``registration.corrections``). ``phase_seconds``:
+    when given, each phase's wall time (s) is added to it under its name in ``ROUND_PHASES``."""
     image = np.asarray(image_zyx, dtype=np.float32)
-    model_weight = model_reliability(model_probabilities, seeds, validation_dice)
+    timed = _phase_timer(phase_seconds)
+    with timed("reliability"):
+        model_weight = model_reliability(model_probabilities, seeds, validation_dice)
     # An untrusted model's edges would only add noise to the flooding relief.
     guide = model_probabilities if model_weight > 0.0 else None
     planes = {(int(a), int(i)) for a, i in planes}
@@ -88,27 +94,35 @@ def compute_round(
         if not np.any(seeds_2d != UNLABELLED):
             continue
         if previous_segmentation is not None:
-            seeds_2d = seeds_with_previous_answer(seeds_2d, np.take(previous_segmentation, index, axis=axis))
-        labels_2d = dense_labels(
-            np.take(image, index, axis=axis),
-            seeds_2d,
-            num_classes,
-            probabilities_cyx=None if guide is None else np.take(guide, index, axis=axis + 1),
-            spacing_yx=plane_spacing(spacing_zyx, axis),
-        )
+            with timed("seeds"):
+                seeds_2d = seeds_with_previous_answer(seeds_2d, np.take(previous_segmentation, index, axis=axis))
+        with timed("densify"):
+            labels_2d = dense_labels(
+                np.take(image, index, axis=axis),
+                seeds_2d,
+                num_classes,
+                probabilities_cyx=None if guide is None else np.take(guide, index, axis=axis + 1),
+                spacing_yx=plane_spacing(spacing_zyx, axis),
+            )
         annotations.append(SliceAnnotation(axis=axis, index=index, labels=np.asarray(labels_2d)))
-    proxy = propagate_to_volume(image, annotations, num_classes, spacing_zyx=spacing_zyx, settings=ROUND_PROPAGATION)
+    with timed("propagate"):
+        proxy = propagate_to_volume(image, annotations, num_classes, spacing_zyx=spacing_zyx,
+                                    settings=ROUND_PROPAGATION)
     if annotations:
         # Judged again on the whole drawn planes: corrective strokes lie exactly where the
         # last answer was wrong, so agreement with the strokes alone underrates a model that
         # is right on the rest of those planes (down to 0 when every stroke fixes its error) (ACDC val, 10 volumes x 4 rounds, a fair model:
         # weight 0.45 -> 0.66, fused Dice 0.815 -> 0.819; a perfect one 0.954 -> 0.964).
-        model_weight = model_reliability(model_probabilities, drawn_planes(image.shape, annotations), validation_dice)
-    fused = fuse_with_model(proxy, model_probabilities, seeds, model_weight)
-    residual, suggestion = round_residual(
-        fused.probabilities, proxy.confidence, proxy.probabilities, model_probabilities, model_weight,
-        planes, spacing_zyx,
-    )
+        with timed("reliability"):
+            model_weight = model_reliability(model_probabilities, drawn_planes(image.shape, annotations),
+                                             validation_dice)
+    with timed("fusion"):
+        fused = fuse_with_model(proxy, model_probabilities, seeds, model_weight)
+    with timed("residual"):
+        residual, suggestion = round_residual(
+            fused.probabilities, proxy.confidence, proxy.probabilities, model_probabilities, model_weight,
+            planes, spacing_zyx,
+        )
     return RoundComputation(
         proxy_labels=np.asarray(proxy.labels).astype(np.uint8),
         proxy_probabilities=np.asarray(proxy.probabilities, dtype=np.float32),
@@ -118,6 +132,28 @@ def compute_round(
         suggestion=suggestion,
         model_weight=model_weight,
     )
+
+
+#: The phases of ``compute_round`` timed into its ``phase_seconds``: the model's reliability,
+#: the previous answer's seeds and the densification of the drawn planes, the propagation to
+#: the volume, the fusion with the model, the error estimate with the next suggestion.
+ROUND_PHASES = ("reliability", "seeds", "densify", "propagate", "fusion", "residual")
+
+
+def _phase_timer(phase_seconds: dict[str, float] | None):
+    """A context-manager factory ``timed(name)`` adding the block's wall time to
+    ``phase_seconds[name]``; timing nothing when ``phase_seconds`` is None."""
+
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if phase_seconds is not None:
+                phase_seconds[name] = phase_seconds.get(name, 0.0) + time.perf_counter() - started
+
+    return timed
 
 
 def drawn_planes(shape: tuple[int, ...], annotations: Iterable[SliceAnnotation]) -> np.ndarray:

@@ -19,6 +19,7 @@ from clients.bench_rounds import (
 )
 from learner.checkpoints import save_checkpoint
 from learner.networks import build_network
+from registration.round import ROUND_PHASES
 from tests.helpers import tiny_config, write_h5_dataset
 
 
@@ -46,6 +47,10 @@ def test_rounds_report_fused_proxy_and_model_dice(tmp_path, with_checkpoint, cap
         assert summary["rounds_fused_below_model"] == sum(r["dice_fused"] < r["dice_model"] for r in rows)
     assert summary["effort_full_boundary_pixels"] > 0 and summary["target_dice"] == 0.9
     assert all(0.0 < r["drawn_voxel_share"] <= 1.0 for r in rows)
+    # every phase of the computation timed, together within the round's time
+    assert all(set(r["phase_seconds"]) == set(ROUND_PHASES) and min(r["phase_seconds"].values()) >= 0.0
+               and 0.0 < sum(r["phase_seconds"].values()) <= r["seconds"] for r in rows)
+    assert summary["phase_ms_mean"]["propagate"] > 0.0 and summary["phase_ms_mean"]["densify"] > 0.0
     assert report["volumes"][0]["reached_target"] == (summary["reached_target"] == 1)
     # each round corrects the answer before it: round 1 the model's opening
     assert rows[0]["dice_shown"] == rows[0]["dice_model"]
