@@ -58,6 +58,13 @@ def release_radius(stroke: np.ndarray) -> float:
 NEAREST_SEARCH_MARGIN = 16
 
 
+def _box_around(ys: np.ndarray, xs: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1), ends exclusive: the box of the pixels (ys, xs) grown by ``margin``,
+    clipped to a plane of ``shape``."""
+    return (max(0, int(ys.min()) - margin), min(shape[0], int(ys.max()) + margin + 1),
+            max(0, int(xs.min()) - margin), min(shape[1], int(xs.max()) + margin + 1))
+
+
 def distance_to_nearest(ys: np.ndarray, xs: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """float64 (n,): the Euclidean distance (pixels) from each pixel (ys[i], xs[i]) to the
     nearest True pixel of the 2D ``mask``, which must hold one. Exactly the whole plane's
@@ -66,8 +73,7 @@ def distance_to_nearest(ys: np.ndarray, xs: np.ndarray, mask: np.ndarray) -> np.
     if ys.size == 0:
         return np.zeros(0)
     h, w = mask.shape
-    y0, y1 = max(0, int(ys.min()) - NEAREST_SEARCH_MARGIN), min(h, int(ys.max()) + NEAREST_SEARCH_MARGIN + 1)
-    x0, x1 = max(0, int(xs.min()) - NEAREST_SEARCH_MARGIN), min(w, int(xs.max()) + NEAREST_SEARCH_MARGIN + 1)
+    y0, y1, x0, x1 = _box_around(ys, xs, NEAREST_SEARCH_MARGIN, mask.shape)
     box = mask[y0:y1, x0:x1]
     if box.any():
         found = ndimage.distance_transform_edt(~box)[ys - y0, xs - x0]
@@ -99,9 +105,7 @@ def released_by_stroke(stroke: np.ndarray, previous_is_class: np.ndarray) -> np.
     # when the nearest of them is within the radius (an exact feature transform on a crop).
     for radius in np.unique(radii):
         gy, gx = ys[radii == radius], xs[radii == radius]
-        r = int(np.ceil(radius))
-        y0, y1 = max(0, int(gy.min()) - r), min(shape[0], int(gy.max()) + r + 1)
-        x0, x1 = max(0, int(gx.min()) - r), min(shape[1], int(gx.max()) + r + 1)
+        y0, y1, x0, x1 = _box_around(gy, gx, int(np.ceil(radius)), shape)
         away = np.ones((y1 - y0, x1 - x0), dtype=bool)
         away[gy - y0, gx - x0] = False
         nearest_y, nearest_x = ndimage.distance_transform_edt(away, return_distances=False, return_indices=True)
