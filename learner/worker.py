@@ -60,7 +60,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Loaded in the worker's parent process, before the pool forks, so that a job's time limit
 # does not count importing torch; nothing here touches CUDA (see _pin_device).
 from learner.jobs import TrainJob, forget_replay, registry_at, run_train_job_at_paths
-from learner.online import UpdateCancelled
+from learner.online import UpdateCancelled, warm_up_training
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +385,14 @@ def _pin_device(**_kwargs) -> None:
     index = getattr(current_process(), "index", 0) or 0  # the pool's process slot, 0-based
     os.environ["CUDA_VISIBLE_DEVICES"] = _pinned_devices[index % len(_pinned_devices)]
     log.info("worker process %d pinned to CUDA device %s", os.getpid(), os.environ["CUDA_VISIBLE_DEVICES"])
+
+
+@signals.worker_init.connect
+def _warm_up(**_kwargs) -> None:
+    """The first job's one-off imports, in the parent before the pool forks (it starts no
+    thread and touches no CUDA), so each pool process inherits them: a ``worker_process_init``
+    handler must not block for seconds."""
+    warm_up_training()
 
 
 def __getattr__(name: str):
