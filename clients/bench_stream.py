@@ -619,9 +619,14 @@ def run_stream_benchmark(options: StreamOptions) -> dict:
     return report
 
 
-def _round_phases(admin: ScribbleflowClient) -> dict[str, dict[str, float]]:
-    """The server's own account of its rounds' time so far (``scribbleflow_round_phase_seconds``)."""
-    return sm.histogram_by_label(admin.metrics(), "scribbleflow_round_phase_seconds", "phase")
+ROUND_PHASE_METRICS = ("scribbleflow_round_phase_seconds", "scribbleflow_round_compute_phase_seconds")
+
+
+def _round_phases(admin: ScribbleflowClient) -> dict[str, dict[str, dict[str, float]]]:
+    """The server's own account of its rounds' time so far, by metric (``ROUND_PHASE_METRICS``):
+    the phases of a round request, and the parts of its computation."""
+    text = admin.metrics()
+    return {metric: sm.histogram_by_label(text, metric, "phase") for metric in ROUND_PHASE_METRICS}
 
 
 def _run(url: str, token: str, stream: list[StreamImage],
@@ -645,7 +650,9 @@ def _run(url: str, token: str, stream: list[StreamImage],
         clock = time.perf_counter()
         shared = run_annotators(url, tokens, stream, num_classes, options, project.id, work_dir / "downloads")
         phases["stream"] = time.perf_counter() - clock
-        round_phases = sm.histogram_change(phases_before, _round_phases(admin))
+        phases_after = _round_phases(admin)
+        round_phases, compute_phases = (sm.histogram_change(phases_before[metric], phases_after[metric])
+                                        for metric in ROUND_PHASE_METRICS)
         clock = time.perf_counter()
         jobs = wait_for_project_jobs(admin, project.id, options.job_timeout)
         phases["remaining_jobs"] = time.perf_counter() - clock
@@ -675,6 +682,7 @@ def _run(url: str, token: str, stream: list[StreamImage],
             "serving_version": models.serving_version,
             "phase_seconds": phases,
             "server_round_phases": round_phases,  # the server's account of the rounds' time
+            "server_round_compute_phases": compute_phases,  # its phase "compute", part by part
         }
         curve = {"versions": [v.model_dump(mode="json") for v in models.versions]}
         clock = time.perf_counter()

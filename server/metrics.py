@@ -81,6 +81,12 @@ class Metrics:
             "scribbleflow_round_phase_seconds", "Time per round in each phase of the round request",
             ["phase"], registry=self.registry, buckets=PHASE_BUCKETS,
         )
+        self.round_compute_phase_seconds = Histogram(
+            # The phase "compute" above, split as ``registration.round.ROUND_PHASES`` times it.
+            "scribbleflow_round_compute_phase_seconds",
+            "Time per round in each part of its computation (the round phase 'compute')",
+            ["phase"], registry=self.registry, buckets=PHASE_BUCKETS,
+        )
         self.uploads = Counter("scribbleflow_uploads", "Images uploaded", ["format"], registry=self.registry)
         self.jobs = Counter("scribbleflow_jobs", "Training job state changes", ["state"], registry=self.registry)
         self.queue_depth = Gauge("scribbleflow_queue_depth", "Training jobs waiting", registry=self.registry)

@@ -6,7 +6,8 @@ residual and the next suggestion), stores its input and outputs in a fresh folde
 overwritten) and commits its row only after the files are in place; then a training job
 is queued. The round runs in the calling worker thread and holds one compute slot from its
 first read until its job is queued; its heavy work runs with no database transaction open.
-Each phase's time goes to ``scribbleflow_round_phase_seconds``.
+Each phase's time goes to ``scribbleflow_round_phase_seconds``, and the parts of its
+computation to ``scribbleflow_round_compute_phase_seconds``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from registration.io.volume import Volume
-from registration.round import RoundComputation, compute_round
+from registration.round import ROUND_PHASES, RoundComputation, compute_round
 from server import schemas
 from server.auth import Principal
 from server.context import AppContext
@@ -169,11 +170,12 @@ def _store(ctx: AppContext, db: Session, principal: Principal, submission: Round
     """Compute the round, write its folder, commit its row, queue its training job."""
     seeds, planes, clock = submission.seeds, submission.planes, submission.clock
     clock.lap("merge_seeds")
+    compute_phases: dict[str, float] = {}
     result = compute_round(
         submission.volume.array, submission.volume.spacing_zyx, seeds, planes,
         submission.prediction.probabilities, len(submission.project.labels),
         validation_dice=submission.prediction.validation_dice,
-        previous_segmentation=submission.previous_segmentation,
+        previous_segmentation=submission.previous_segmentation, phase_seconds=compute_phases,
     )
     clock.lap("compute")
     seconds = clock.elapsed()  # the round's server time until its answer exists, waits included
@@ -199,6 +201,8 @@ def _store(ctx: AppContext, db: Session, principal: Principal, submission: Round
         )
     clock.lap("queue_training")
     clock.observe(ctx.metrics.round_phase_seconds)
+    for name in ROUND_PHASES:  # each round counts in each part (0 s: not run, e.g. no previous answer)
+        ctx.metrics.round_compute_phase_seconds.labels(phase=name).observe(compute_phases.get(name, 0.0))
     return row
 
 

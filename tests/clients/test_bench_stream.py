@@ -13,6 +13,7 @@ from clients import stream_metrics as sm
 from clients.bench_stream import StreamOptions, run_stream_benchmark
 from learner.scribbles import boundary_effort
 from registration.io.volume import write_volume_atomic
+from registration.round import ROUND_PHASES
 from tests.helpers import synthetic_volume
 
 SHAPE_ZYX = (5, 24, 28)  # non-cubic: axis mix-ups change the numbers
@@ -90,6 +91,10 @@ def test_bench_stream_end_to_end(stream_dirs, tmp_path):
 
     assert 0 < summary["round_latency_p50_s"] <= summary["round_latency_p95_s"]
     assert summary["rounds_with_job"] + summary["rounds_without_job"] == summary["rounds"]
+    # The server's account of the stream's rounds: each round once in each phase and each part of its computation.
+    assert set(summary["server_round_compute_phases"]) == set(ROUND_PHASES)
+    for phases in (summary["server_round_phases"], summary["server_round_compute_phases"]):
+        assert all(phase["count"] == summary["rounds"] for phase in phases.values()), phases
     assert 0.0 <= summary["suggestion_hit_rate"] <= 1.0 and 0.0 <= summary["random_slice_hit_rate"] <= 1.0
     assert summary["mean_effort_reduction_pct"] == pytest.approx(
         np.mean([v["effort"]["effort_reduction_pct"] for v in report["volumes"]]))

@@ -17,6 +17,7 @@ import pytest
 
 from clients.client import ScribbleflowClient
 from clients.stream_metrics import histogram_by_label
+from registration.round import ROUND_PHASES
 from server.api.dashboard import STATIC_DIR
 from server.metrics import Metrics
 from server.services.dashboard import round_latency
@@ -175,3 +176,8 @@ def test_dashboard_and_metrics_follow_a_stream(app, client, admin_headers, tmp_p
     assert all(phase["count"] == len(compute) for phase in phases.values()), phases
     up_to_answer = ("wait", "read", "check", "prediction", "paint", "merge_seeds", "compute")
     assert sum(phases[name]["sum_s"] for name in up_to_answer) == pytest.approx(sum(compute))
+    # The computation, part by part: each part of each round once, together within its phase.
+    parts = histogram_by_label(metrics, "scribbleflow_round_compute_phase_seconds", "phase")
+    assert set(parts) == set(ROUND_PHASES)
+    assert all(part["count"] == len(compute) for part in parts.values()), parts
+    assert 0 < sum(part["sum_s"] for part in parts.values()) <= phases["compute"]["sum_s"]
