@@ -651,8 +651,8 @@ def _run(url: str, token: str, stream: list[StreamImage],
         shared = run_annotators(url, tokens, stream, num_classes, options, project.id, work_dir / "downloads")
         phases["stream"] = time.perf_counter() - clock
         phases_after = _round_phases(admin)
-        round_phases, compute_phases = (sm.histogram_change(phases_before[metric], phases_after[metric])
-                                        for metric in ROUND_PHASE_METRICS)
+        phase_change = {metric: sm.histogram_change(phases_before[metric], phases_after[metric])
+                        for metric in ROUND_PHASE_METRICS}
         clock = time.perf_counter()
         jobs = wait_for_project_jobs(admin, project.id, options.job_timeout)
         phases["remaining_jobs"] = time.perf_counter() - clock
@@ -681,8 +681,9 @@ def _run(url: str, token: str, stream: list[StreamImage],
             "model_versions": len(models.versions),
             "serving_version": models.serving_version,
             "phase_seconds": phases,
-            "server_round_phases": round_phases,  # the server's account of the rounds' time
-            "server_round_compute_phases": compute_phases,  # its phase "compute", part by part
+            # The server's account of the rounds' time, and of its phase "compute" part by part.
+            "server_round_phases": phase_change["scribbleflow_round_phase_seconds"],
+            "server_round_compute_phases": phase_change["scribbleflow_round_compute_phase_seconds"],
         }
         curve = {"versions": [v.model_dump(mode="json") for v in models.versions]}
         clock = time.perf_counter()

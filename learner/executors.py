@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from learner.jobs import TrainJob, TrainResult, run_train_job_at_paths
-from learner.online import ProgressCallback, StopCheck, UpdateCancelled, warm_up_training
+from learner.online import ProgressCallback, StopCheck, UpdateCancelled, preload_training_imports
 from learner.yielding import yielding_to
 
 log = logging.getLogger(__name__)
@@ -202,8 +202,8 @@ class EmbeddedExecutor(JobBook):
         server's thread policy setting the step's torch threads).
     give_way: called in the worker thread between the layers of every forward and backward
         pass of a job (``learner.yielding``), e.g. to wait while a round computes.
-    warm_up: run in the worker thread before it takes its first job (default
-        ``learner.online.warm_up_training``; None: nothing).
+    preload: run in the worker thread before it takes its first job (default
+        ``learner.online.preload_training_imports``; None: nothing).
     """
 
     def __init__(
@@ -216,7 +216,7 @@ class EmbeddedExecutor(JobBook):
         keep_finished: int = 1000,
         before_step: Callable[[], None] | None = None,
         give_way: Callable[[], None] | None = None,
-        warm_up: Callable[[], None] | None = warm_up_training,
+        preload: Callable[[], None] | None = preload_training_imports,
     ):
         if max_queued < 1:
             raise ValueError(f"max_queued must be at least 1, got {max_queued}")
@@ -227,7 +227,7 @@ class EmbeddedExecutor(JobBook):
         self._keep_finished = max(1, int(keep_finished))
         self._before_step = before_step
         self._give_way = give_way
-        self._warm_up = warm_up
+        self._preload = preload
         self._lock = threading.Condition(threading.RLock())
         self._queue: deque[TrainJob] = deque()
         self._jobs: OrderedDict[str, JobStatus] = OrderedDict()
@@ -344,11 +344,11 @@ class EmbeddedExecutor(JobBook):
             return job
 
     def _work_loop(self) -> None:  # worker thread
-        if self._warm_up is not None:
+        if self._preload is not None:
             try:
-                self._warm_up()
+                self._preload()
             except Exception:  # only a head start: the jobs must run without it
-                log.exception("training warm-up failed")
+                log.exception("preloading the training imports failed")
         while True:
             job = self._next_job()
             if job is None:

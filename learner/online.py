@@ -530,12 +530,17 @@ def kept_share(settings: OnlineSettings, base_quality: float | None, consolidati
     return 1.0 - q * (1.0 - _job_setting(settings, "keep_fraction_reliable", consolidation))
 
 
-def warm_up_training() -> None:
-    """Pay once, now, what a process's first online update pays on its own: torch builds its
-    first optimiser by importing ``torch._dynamo`` (about 800 modules, 0.9 s of a core on
-    a 2-core AMD EPYC). A job that starts while annotators draw then takes no core from their
-    rounds for it; the training executors call this before their first job."""
-    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+def preload_training_imports() -> None:
+    """Import now what a process's first online update would import on its own, outside any
+    layer (so it cannot give way to a round): torch builds its first optimiser by importing
+    ``torch._dynamo`` (about 800 modules, 0.9 s of a core on a 2-core AMD EPYC). Called by
+    the embedded executor's worker thread before its first job and by a Celery worker's
+    parent process before its pool forks; it starts no thread and touches no CUDA. One step
+    too: the first ``optimizer.step()`` imports a little more."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter])
+    (parameter * parameter).sum().backward()
+    optimizer.step()
 
 
 def train_online(

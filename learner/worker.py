@@ -60,7 +60,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Loaded in the worker's parent process, before the pool forks, so that a job's time limit
 # does not count importing torch; nothing here touches CUDA (see _pin_device).
 from learner.jobs import TrainJob, forget_replay, registry_at, run_train_job_at_paths
-from learner.online import UpdateCancelled, warm_up_training
+from learner.online import UpdateCancelled, preload_training_imports
 
 log = logging.getLogger(__name__)
 
@@ -388,11 +388,11 @@ def _pin_device(**_kwargs) -> None:
 
 
 @signals.worker_init.connect
-def _warm_up(**_kwargs) -> None:
-    """The first job's one-off imports, in the parent before the pool forks (it starts no
-    thread and touches no CUDA), so each pool process inherits them: a ``worker_process_init``
-    handler must not block for seconds."""
-    warm_up_training()
+def _preload_training_imports(**_kwargs) -> None:
+    """The optimiser's one-off imports (``learner.online.preload_training_imports``), in the
+    parent before the pool forks, so that each pool process inherits them: a
+    ``worker_process_init`` handler must not block for seconds."""
+    preload_training_imports()
 
 
 def __getattr__(name: str):

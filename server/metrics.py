@@ -84,7 +84,7 @@ class Metrics:
         self.round_compute_phase_seconds = Histogram(
             # The phase "compute" above, split as ``registration.round.ROUND_PHASES`` times it.
             "scribbleflow_round_compute_phase_seconds",
-            "Time per round in each part of its computation (the round phase 'compute')",
+            "Time per round in each part of its computation (the round phase 'compute'; 0 where a part did not run)",
             ["phase"], registry=self.registry, buckets=PHASE_BUCKETS,
         )
         self.uploads = Counter("scribbleflow_uploads", "Images uploaded", ["format"], registry=self.registry)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
@@ -11,7 +9,7 @@ import pytest
 
 from learner.executors import EmbeddedExecutor, JobState, QueueFull, UnknownJob
 from learner.jobs import CONSOLIDATION_IMAGE_ID, TrainJob
-from tests.helpers import REPO, new_registry, write_project_files
+from tests.helpers import new_registry, write_project_files
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -228,40 +226,51 @@ def test_an_accept_job_ends_the_consolidation_jobs_of_its_project_only():
         executor.shutdown(wait=True, timeout=WAIT)
 
 
-def test_the_worker_warms_up_before_its_first_job_and_a_job_queued_meanwhile_waits():
-    warming, warmed = threading.Event(), threading.Event()
-    warm_threads = []
+def test_the_worker_preloads_before_its_first_job_and_a_job_queued_meanwhile_waits():
+    preloading, preloaded = threading.Event(), threading.Event()
+    preload_threads = []
 
-    def warm_up():
-        warm_threads.append(threading.current_thread().name)
-        warming.set()
-        assert warmed.wait(WAIT)
+    def preload():
+        preload_threads.append(threading.current_thread().name)
+        preloading.set()
+        assert preloaded.wait(WAIT)
 
     runner = GatedRunner()
     runner.gate.set()
-    executor = EmbeddedExecutor(runner, warm_up=warm_up)
+    executor = EmbeddedExecutor(runner, preload=preload)
     try:
-        assert warming.wait(WAIT)
+        assert preloading.wait(WAIT)
         queued = executor.submit(job("a"))
-        time.sleep(0.2)  # long enough for a worker that skipped the warm-up to have started the job
+        time.sleep(0.2)  # long enough for a worker that took jobs during the preload to have started this one
         assert executor.status(queued).state == JobState.QUEUED and runner.ran == []
-        warmed.set()
+        preloaded.set()
         assert executor.wait(queued, WAIT).state == JobState.SUCCEEDED
     finally:
+        preloaded.set()
         executor.shutdown(wait=True, timeout=WAIT)
-    assert warm_threads == ["scribbleflow-train"]
+    assert preload_threads == ["scribbleflow-train"]
 
 
-def test_after_the_warm_up_building_a_jobs_optimiser_imports_nothing_more():
-    # In a fresh interpreter: in this one an earlier test may have built an optimiser already.
-    script = (
-        "import sys, torch\n"
-        "from learner.online import warm_up_training\n"
-        "warm_up_training()\n"
-        "before = set(sys.modules)\n"
-        "torch.optim.AdamW(torch.nn.Conv2d(1, 2, 3).parameters(), lr=1e-3, weight_decay=1e-4)\n"
-        "print(sorted(set(sys.modules) - before))\n"
-    )
-    completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.strip() == "[]"
+def test_a_failing_preload_is_logged_and_the_jobs_still_run(caplog):
+    def preload():
+        raise RuntimeError("no imports today")
+
+    runner = GatedRunner()
+    runner.gate.set()
+    executor = EmbeddedExecutor(runner, preload=preload)
+    try:
+        assert executor.wait(executor.submit(job("a")), WAIT).state == JobState.SUCCEEDED
+    finally:
+        executor.shutdown(wait=True, timeout=WAIT)
+    assert "preloading the training imports failed" in caplog.text and "no imports today" in caplog.text
+
+
+def test_a_celery_worker_preloads_in_its_parent_before_the_pool_forks(monkeypatch):
+    from celery import signals
+
+    import learner.worker
+
+    calls = []
+    monkeypatch.setattr(learner.worker, "preload_training_imports", lambda: calls.append("preload"))
+    signals.worker_init.send(sender=None)
+    assert calls == ["preload"]

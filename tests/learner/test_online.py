@@ -7,6 +7,8 @@ configurations so that each test takes seconds on a CPU.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +49,7 @@ from learner.preprocess import normalize_intensity, resize_images, resize_labels
 from learner.replay import ReplayBuffer, SoftSlices
 from learner.train import training_step
 from registration.io.volume import UNLABELLED
-from tests.helpers import disc_volume, new_registry, tiny_config, write_project_files
+from tests.helpers import REPO, disc_volume, new_registry, tiny_config, write_project_files
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -602,3 +604,26 @@ def test_gate_images_are_the_held_out_ones_else_the_latest_accepted_training_ima
     assert fields["validation_in_sample"] is True
     assert fields["validation"] == training[-IN_SAMPLE_GATE_IMAGES:]  # the most recently accepted
     assert gate_images([], []) == {"validation": [], "validation_in_sample": False}
+
+
+def test_after_the_preload_a_first_optimiser_step_imports_nothing_more(tmp_path):
+    # In a fresh interpreter: in this one an earlier test may have built an optimiser already.
+    # The preload runs in a Celery worker's parent before its pool forks: no thread, no CUDA.
+    script = (
+        "import os, sys, torch\n"
+        "from learner.online import preload_training_imports\n"
+        "assert 'torch._dynamo' not in sys.modules, 'imported before the preload: nothing left to preload'\n"
+        "threads = len(os.listdir('/proc/self/task'))\n"
+        "preload_training_imports()\n"
+        "assert len(os.listdir('/proc/self/task')) == threads, 'the preload started a thread'\n"
+        "assert not torch.cuda.is_initialized()\n"
+        "before = set(sys.modules)\n"
+        "layer = torch.nn.Conv2d(1, 2, 3)\n"
+        "optimiser = torch.optim.AdamW(layer.parameters(), lr=1e-3, weight_decay=1e-4)\n"
+        "layer(torch.randn(1, 1, 8, 8)).sum().backward()\n"
+        "optimiser.step()\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
