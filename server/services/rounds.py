@@ -170,7 +170,7 @@ def _store(ctx: AppContext, db: Session, principal: Principal, submission: Round
     """Compute the round, write its folder, commit its row, queue its training job."""
     seeds, planes, clock = submission.seeds, submission.planes, submission.clock
     clock.lap("merge_seeds")
-    compute_phases: dict[str, float] = {}
+    compute_phases = dict.fromkeys(ROUND_PHASES, 0.0)  # each stored round counts in each part (0 s: not run)
     result = compute_round(
         submission.volume.array, submission.volume.spacing_zyx, seeds, planes,
         submission.prediction.probabilities, len(submission.project.labels),
@@ -201,8 +201,8 @@ def _store(ctx: AppContext, db: Session, principal: Principal, submission: Round
         )
     clock.lap("queue_training")
     clock.observe(ctx.metrics.round_phase_seconds)
-    for name in ROUND_PHASES:  # each round counts in each part (0 s: not run, e.g. no previous answer)
-        ctx.metrics.round_compute_phase_seconds.labels(phase=name).observe(compute_phases.get(name, 0.0))
+    for name, phase_seconds in compute_phases.items():
+        ctx.metrics.round_compute_phase_seconds.labels(phase=name).observe(phase_seconds)
     return row
 
 
